@@ -1,0 +1,229 @@
+"""The ``genai`` command.
+
+    genai train jobs/lm-tiny.yaml --set train.max_steps=200      # embedded local Ray
+    genai train jobs/lm-gpt2-small.yaml --address auto            # a node of a running cluster
+    genai serve runs/lm-tiny/checkpoints/latest --port 8000       # foreground; Ctrl-C stops it
+    genai query "def fibonacci(" --max-tokens 64
+    genai submit jobs/lm-tiny.yaml --address http://HEAD:8265     # through the Ray Jobs API
+    genai demo                                                    # the whole path, briefly
+
+Errors in user input print one line (``genai: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+
+def _train(args: argparse.Namespace) -> int:
+    from genai.config import load_job
+
+    spec = load_job(args.spec, args.set)  # before the heavy imports: bad specs fail fast
+    if args.print_spec:
+        print(json.dumps(spec.model_dump(mode="json"), indent=2))
+        return 0
+    from genai.train.run import train
+
+    path = train(spec, address=args.address, resume=args.resume, fresh=args.fresh)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from genai.config import load_serve
+
+    overrides = list(args.set)
+    if args.host:
+        overrides.append(f"host={args.host}")
+    if args.port:
+        overrides.append(f"port={args.port}")
+    spec = load_serve(args.config, overrides)
+    checkpoints = args.checkpoints or spec.checkpoints
+    if not checkpoints:
+        raise ValueError(
+            "no checkpoints: name them on the command line or in the serve config's checkpoints"
+        )
+    from genai.train.checkpoint import resolve
+
+    for c in checkpoints:
+        resolve(c)  # fail before Ray starts, with the path in the message
+    from genai.serve.run import serve_forever
+
+    serve_forever(spec, checkpoints, address=args.address)
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    body = {
+        "prompt": args.prompt,
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+    }
+    if args.model:
+        body["model"] = args.model
+    if args.seed is not None:
+        body["seed"] = args.seed
+    try:
+        r = httpx.post(
+            f"{args.url.rstrip('/')}/v1/completions",
+            json=body,
+            headers=headers,
+            timeout=args.timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise ConnectionError(f"cannot reach {args.url}: {exc}") from None
+    data = r.json()
+    if r.status_code != 200:
+        err = data.get("error", {})
+        raise ValueError(f"HTTP {r.status_code}: {err.get('message', data)}")
+    if args.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(args.prompt + data["choices"][0]["text"])
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from genai import cluster
+    from genai.config import load_job
+
+    load_job(args.spec, args.set)  # validate here, before shipping anything
+    entry = ["genai", "train", args.spec, "--address", "auto"]
+    for s in args.set:
+        entry += ["--set", s]
+    if args.resume:
+        entry.append("--resume")
+    job_id = cluster.submit(" ".join(shlex.quote(e) for e in entry), args.address)
+    print(f"submitted: {job_id}\n  genai jobs logs {job_id} --address {args.address}")
+    return 0
+
+
+def _jobs(args: argparse.Namespace) -> int:
+    from genai import cluster
+
+    client = cluster.jobs_client(args.address)
+    if args.action == "list":
+        for job in client.list_jobs():
+            print(f"{job.submission_id}\t{job.status}\t{job.entrypoint}")
+    elif args.action == "status":
+        print(client.get_job_status(args.job_id))
+    elif args.action == "logs":
+        print(client.get_job_logs(args.job_id), end="")
+    elif args.action == "stop":
+        print("stopped" if client.stop_job(args.job_id) else "not running")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from genai.demo import run_demo
+
+    run_demo(steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="genai", description="Train and serve generative models on Ray."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="run a job spec with Ray Train + DeepSpeed")
+    t.add_argument("spec", help="job spec YAML (jobs/*.yaml)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. train.lr=3e-4",
+    )
+    t.add_argument(
+        "--address",
+        help="Ray cluster address ('auto' on a cluster node); default: embedded local Ray",
+    )
+    g = t.add_mutually_exclusive_group()
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the latest checkpoint in checkpoint.dir",
+    )
+    g.add_argument(
+        "--fresh", action="store_true", help="delete existing checkpoints in checkpoint.dir first"
+    )
+    t.add_argument("--print-spec", action="store_true", help="print the validated spec and exit")
+    t.set_defaults(func=_train)
+
+    s = sub.add_parser("serve", help="serve checkpoints over HTTP with Ray Serve (foreground)")
+    s.add_argument(
+        "checkpoints",
+        nargs="*",
+        help="checkpoint dirs (a step dir, 'latest' or a checkpoints root)",
+    )
+    s.add_argument("--config", default=None, help="serve config YAML (serve/lm.yaml)")
+    s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--address", help="Ray cluster address; default: embedded local Ray")
+    s.set_defaults(func=_serve)
+
+    q = sub.add_parser("query", help="ask a served model for a completion")
+    q.add_argument("prompt")
+    q.add_argument("--url", default=os.environ.get("GENAI_URL", "http://127.0.0.1:8000"))
+    q.add_argument("--model", default=None)
+    q.add_argument("--max-tokens", type=int, default=64)
+    q.add_argument("--temperature", type=float, default=0.8)
+    q.add_argument("--top-p", type=float, default=0.95)
+    q.add_argument("--seed", type=int, default=None)
+    q.add_argument("--api-key", default=os.environ.get("GENAI_API_KEY"))
+    q.add_argument("--timeout", type=float, default=120)
+    q.add_argument("--json", action="store_true", help="print the whole response")
+    q.set_defaults(func=_query)
+
+    sb = sub.add_parser(
+        "submit", help="submit a training job to a cluster through the Ray Jobs API"
+    )
+    sb.add_argument("spec")
+    sb.add_argument("--address", required=True, help="dashboard address, e.g. http://HEAD:8265")
+    sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sb.add_argument("--resume", action="store_true")
+    sb.set_defaults(func=_submit)
+
+    j = sub.add_parser("jobs", help="list / status / logs / stop submitted jobs")
+    j.add_argument("action", choices=["list", "status", "logs", "stop"])
+    j.add_argument("job_id", nargs="?")
+    j.add_argument("--address", required=True)
+    j.set_defaults(func=_jobs)
+
+    d = sub.add_parser("demo", help="train, serve and query a small LM on an embedded local Ray")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the spec's)")
+    d.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "action", None) in ("status", "logs", "stop") and not args.job_id:
+        build_parser().error(f"jobs {args.action} needs a job id")
+    from genai.config import SpecError
+    from genai.train.checkpoint import CheckpointError
+
+    try:
+        return args.func(args)
+    except (SpecError, CheckpointError, ValueError, ConnectionError, FileNotFoundError) as exc:
+        print(f"genai: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("genai: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,346 @@
+"""Typed job and serve specs: YAML in, validated, errors that name the key.
+
+A job spec is one YAML file (``jobs/*.yaml``); ``--set dotted.key=value``
+overrides any field. Unknown keys are errors, numbers are not parsed from
+strings, and every error message names the dotted key, the rule and the value:
+``train.lr must be > 0, got -1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SpecError(ValueError):
+    """A job or serve spec is invalid; the message is one line naming the key."""
+
+
+class Section(BaseModel):
+    # strict: "5" is not an int; forbid: a typo in a key is an error, not a silent default.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- job spec
+
+
+class ModelSpec(Section):
+    """The network. ``family: lm`` is a Hugging Face causal LM."""
+
+    family: Literal["lm"] = "lm"
+    arch: Literal["gpt2", "llama"] = Field(
+        "gpt2", description="transformers architecture built from config"
+    )
+    pretrained_path: str | None = Field(
+        None, description="local from_pretrained directory to fine-tune; overrides the shape fields"
+    )
+    n_layer: int = Field(4, ge=1, le=256)
+    n_embd: int = Field(256, ge=8, le=65536)
+    n_head: int = Field(4, ge=1, le=1024)
+    n_kv_head: int | None = Field(None, ge=1, description="llama only: grouped-query KV heads")
+    intermediate_size: int | None = Field(
+        None, ge=8, description="llama MLP width (default 4*n_embd... rounded)"
+    )
+    max_position: int = Field(512, ge=16, le=1 << 20, description="context length of the model")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelSpec:
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})"
+            )
+        return self
+
+
+class TokenizerSpec(Section):
+    """Byte-level BPE trained on the corpus, or a local pretrained tokenizer."""
+
+    path: str | None = Field(
+        None, description="local tokenizer directory (AutoTokenizer); else train one"
+    )
+    vocab_size: int = Field(8192, ge=260, le=1 << 20)
+
+
+class DataSpec(Section):
+    """Text corpus. ``source: stdlib`` is the Python standard library's own source (offline)."""
+
+    source: str = Field("stdlib", description="'stdlib', a file, a directory or a glob")
+    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
+    text_field: str = Field("text", description="JSONL key / Parquet column holding the text")
+    include: list[str] = Field(
+        default_factory=lambda: ["*.py"], description="globs for directory sources"
+    )
+    max_bytes: int = Field(8_000_000, ge=1_000, description="cap on corpus size read")
+    seq_len: int = Field(128, ge=8, le=1 << 20)
+    val_fraction: float = Field(0.05, gt=0.0, lt=0.5)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    cache_dir: str = Field(
+        ".genai_cache", description="tokenized shards are cached here, keyed by content"
+    )
+    seed: int = Field(0, ge=0)
+
+
+class TrainSpec(Section):
+    """Optimisation schedule: AdamW, linear warmup then cosine decay to min_lr_ratio*lr."""
+
+    max_steps: int = Field(200, ge=1)
+    micro_batch_size: int = Field(8, ge=1, description="sequences per worker per micro-step")
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0.0)
+    beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    beta2: float = Field(0.95, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, ge=0.0, description="max grad norm; 0 disables")
+    log_every: int = Field(10, ge=1)
+    eval_every: int = Field(50, ge=1)
+    eval_batches: int = Field(4, ge=1, description="micro-batches per worker per evaluation")
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainSpec:
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"warmup_steps ({self.warmup_steps}) must be < train.max_steps ({self.max_steps})"
+            )
+        return self
+
+
+class DeepSpeedSpec(Section):
+    """How the model is sharded; the DeepSpeed JSON is generated from this."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["bf16", "fp32"] = Field(
+        "bf16", description="fp16 is not available on the CPU"
+    )
+    offload_optimizer: bool = Field(False, description="keep optimizer state on the CPU (ZeRO 1-3)")
+    compile: bool = Field(False, description="torch.compile the engine (GPU)")
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> DeepSpeedSpec:
+        if self.offload_optimizer and self.zero_stage == 0:
+            raise ValueError("offload_optimizer needs deepspeed.zero_stage >= 1, got 0")
+        return self
+
+
+class ScalingSpec(Section):
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+
+
+class CheckpointSpec(Section):
+    dir: str | None = Field(
+        None, description="default runs/<name>/checkpoints; shared storage on clusters"
+    )
+    every_steps: int = Field(100, ge=0, description="0: only at the end")
+    keep: int = Field(3, ge=1, description="newest checkpoints kept")
+
+
+class JobSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> JobSpec:
+        if self.model.pretrained_path is None and self.data.seq_len > self.model.max_position:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) must be <= model.max_position ({self.model.max_position})"
+            )
+        return self
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir or f"runs/{self.name}/checkpoints").absolute()
+
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- serve spec
+
+
+class AutoscalingSpec(Section):
+    """Ray Serve autoscaling_config, per model deployment."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0)
+    upscale_delay_s: float = Field(3.0, ge=0)
+    downscale_delay_s: float = Field(30.0, ge=0)
+    # Serve pushes replica metrics every 10 s by default and wants a longer window
+    look_back_period_s: float = Field(12.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"min_replicas ({self.min_replicas}) must be <= serve.autoscaling.max_replicas ({self.max_replicas})"
+            )
+        return self
+
+
+class ServeSpec(Section):
+    host: str = Field("127.0.0.1", description="bind address of the HTTP proxy")
+    port: int = Field(8000, ge=1, le=65535)
+    checkpoints: list[str] = Field(default_factory=list, description="checkpoint dirs to serve")
+    num_cpus: float = Field(
+        0.5, gt=0, description="CPUs per model replica (fractions fit beside training)"
+    )
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    max_ongoing_requests: int = Field(8, ge=1)
+    max_tokens_limit: int = Field(
+        1024, ge=1, description="largest max_tokens a request may ask for"
+    )
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, description="requests with larger bodies get 413"
+    )
+    api_keys_env: str = Field(
+        "GENAI_API_KEYS", description="env var with comma-separated API keys; unset: open"
+    )
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``3e-4`` as a float (YAML 1.1 wants ``3.0e-4``)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)
+
+
+def _format_error(err: dict[str, Any], prefix: str = "") -> str:
+    loc = ".".join(str(p) for p in err["loc"])
+    key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "spec"
+    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    rules = {
+        "greater_than": lambda: f"must be > {ctx.get('gt')}",
+        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
+        "less_than": lambda: f"must be < {ctx.get('lt')}",
+        "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
+        "int_type": lambda: "must be an integer",
+        "float_type": lambda: "must be a number",
+        "bool_type": lambda: "must be true or false",
+        "string_type": lambda: "must be a string",
+        "list_type": lambda: "must be a list",
+        "model_type": lambda: "must be a mapping",
+        "literal_error": lambda: f"must be one of {ctx.get('expected')}",
+        "string_pattern_mismatch": lambda: f"must match {ctx.get('pattern')}",
+        "missing": lambda: "is required",
+    }
+    if kind == "extra_forbidden":
+        return f"unknown key {key}"
+    if kind == "missing":
+        return f"{key} is required"
+    if kind == "value_error":
+        # our own validators: the message starts with the field inside this section
+        head = f"{prefix}{loc}." if loc else prefix
+        return f"{head}{ctx.get('error', err['msg'])}"
+    rule = rules.get(kind, lambda: err["msg"].lower())()
+    return f"{key} {rule}, got {shown}"
+
+
+def validation_message(exc: ValidationError, prefix: str = "") -> str:
+    """One line for the first error (the others usually follow from it), naming the key."""
+    errors = exc.errors(include_url=False)
+    first = _format_error(errors[0], prefix)
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return first + more
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars/lists."""
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"--set {item!r} must look like dotted.key=value")
+        dotted, _, text = item.partition("=")
+        keys = dotted.strip().split(".")
+        if not all(keys):
+            raise SpecError(f"--set {item!r} has an empty key")
+        try:
+            value = _yaml(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--set {dotted}: cannot parse value {text!r}: {exc}") from None
+        node = raw
+        for i, key in enumerate(keys[:-1]):
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a mapping")
+            node = child
+        node[keys[-1]] = value
+    return raw
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"spec file not found: {p}")
+    try:
+        raw = _yaml(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{p}: invalid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{p}: the top level must be a mapping of sections")
+    return raw
+
+
+def load_job(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
+    raw = apply_overrides(_read_yaml(path), overrides)
+    raw.setdefault("name", Path(path).stem)
+    return parse_job(raw)
+
+
+def parse_job(raw: dict[str, Any]) -> JobSpec:
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(validation_message(exc)) from None
+
+
+def load_serve(path: str | Path | None, overrides: Iterable[str] = ()) -> ServeSpec:
+    raw = _read_yaml(path) if path else {}
+    raw = apply_overrides(raw, overrides)
+    try:
+        return ServeSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(validation_message(exc, prefix="serve.")) from None

@@ -1,0 +1,187 @@
+"""Tokenizer training and token shards in Parquet, cached by content.
+
+The driver prepares data once per spec: train (or load) a tokenizer, tokenize
+the corpus, split off validation documents, and write two Parquet files of
+token ids. A later run of the same spec over the same files reuses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from genai.config import DataSpec
+from genai.data.corpus import iter_documents, resolve_files
+
+EOS = "<|endoftext|>"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TokenData:
+    """A prepared dataset: where it lives and what it holds."""
+
+    dir: Path
+    tokenizer_dir: Path
+    train_tokens: int
+    val_tokens: int
+    vocab_size: int
+    eos_id: int
+
+    def load(self, split: str) -> np.ndarray:
+        return pq.read_table(self.dir / f"{split}.parquet").column("tokens").to_numpy()
+
+    def tokenizer(self) -> PreTrainedTokenizerFast:
+        return AutoTokenizer.from_pretrained(self.tokenizer_dir)
+
+
+def _cache_key(spec: DataSpec, files: list[Path]) -> str:
+    h = hashlib.sha256()
+    relevant = spec.model_dump(mode="json", exclude={"cache_dir", "seq_len"})
+    h.update(json.dumps([FORMAT_VERSION, relevant], sort_keys=True).encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    if spec.tokenizer.path:
+        for p in sorted(Path(spec.tokenizer.path).glob("*")):
+            h.update(p.name.encode() + p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def train_tokenizer(docs: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (GPT-2 style): every byte is representable, so nothing is <unk>."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(docs, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS, pad_token=EOS
+    )
+
+
+def prepare(spec: DataSpec, log=print) -> TokenData:
+    """Tokenize the corpus into ``<cache_dir>/text-<key>/``, or reuse a finished one."""
+    files = resolve_files(spec)
+    out = Path(spec.cache_dir).absolute() / f"text-{_cache_key(spec, files)}"
+    if (out / "meta.json").is_file():
+        log(f"data: reusing tokenized corpus {out}")
+        return _token_data(out)
+
+    t0 = time.perf_counter()
+    docs = list(iter_documents(files, spec))
+    # Split by piece of document (not by token) so validation text is never trained on;
+    # long files are cut into ~8k-char pieces first, so one big file cannot swallow the split.
+    pieces = [p for d in docs for p in _pieces(d, 8192)]
+    if len(pieces) < 2:
+        raise ValueError(
+            f"data.source {spec.source!r} holds too little text to split off validation"
+        )
+    order = np.random.default_rng(spec.seed).permutation(len(pieces))
+    budget, val_idx = spec.val_fraction * sum(map(len, pieces)), set()
+    for i in order:
+        if budget <= 0:
+            break
+        val_idx.add(int(i))
+        budget -= len(pieces[i])
+    val_docs = [pieces[i] for i in sorted(val_idx)]
+    train_docs = [pieces[i] for i in order if int(i) not in val_idx]
+    log(f"data: {len(files)} files, {len(docs)} documents, {sum(map(len, docs)) / 1e6:.1f}M chars")
+
+    if spec.tokenizer.path:
+        tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer.path, local_files_only=True)
+    else:
+        tokenizer = train_tokenizer(train_docs, spec.tokenizer.vocab_size)
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        raise ValueError(
+            f"tokenizer at data.tokenizer.path={spec.tokenizer.path!r} has no eos token"
+        )
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Write into a temporary sibling and rename: a crash never leaves a cache that looks complete.
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        counts = {}
+        for split, split_docs in (("train", train_docs), ("val", val_docs)):
+            ids = _encode(tokenizer, split_docs, eos_id)
+            pq.write_table(
+                pa.table({"tokens": ids}), tmp / f"{split}.parquet", row_group_size=1 << 20
+            )
+            counts[split] = len(ids)
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        meta = {
+            "format": FORMAT_VERSION,
+            "train_tokens": counts["train"],
+            "val_tokens": counts["val"],
+            "vocab_size": len(tokenizer),
+            "eos_id": eos_id,
+            "pieces": {"train": len(train_docs), "val": len(val_docs)},
+            "spec": spec.model_dump(mode="json"),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.rename(tmp, out)
+        except OSError:
+            if not (
+                out / "meta.json"
+            ).is_file():  # lost a race to another writer: theirs is as good
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(
+        f"data: tokenized {counts['train']:,} train + {counts['val']:,} val tokens "
+        f"(vocab {len(tokenizer)}) in {time.perf_counter() - t0:.1f}s -> {out}"
+    )
+    return _token_data(out)
+
+
+def _pieces(doc: str, size: int) -> list[str]:
+    """Cut at line boundaries into pieces of about ``size`` characters."""
+    if len(doc) <= size:
+        return [doc]
+    out, start = [], 0
+    while start < len(doc):
+        end = doc.rfind("\n", start, start + size)
+        end = len(doc) if start + size >= len(doc) else (end + 1 if end > start else start + size)
+        out.append(doc[start:end])
+        start = end
+    return out
+
+
+def _encode(tokenizer: PreTrainedTokenizerFast, docs: list[str], eos_id: int) -> np.ndarray:
+    encoded = tokenizer.backend_tokenizer.encode_batch(docs, add_special_tokens=False)
+    pieces = []
+    for enc in encoded:
+        pieces.append(np.asarray(enc.ids, dtype=np.int32))
+        pieces.append(np.asarray([eos_id], dtype=np.int32))  # documents are separated by EOS
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+
+
+def _token_data(out: Path) -> TokenData:
+    meta = json.loads((out / "meta.json").read_text())
+    return TokenData(
+        dir=out,
+        tokenizer_dir=out / "tokenizer",
+        train_tokens=meta["train_tokens"],
+        val_tokens=meta["val_tokens"],
+        vocab_size=meta["vocab_size"],
+        eos_id=meta["eos_id"],
+    )

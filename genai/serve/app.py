@@ -1,0 +1,220 @@
+"""The Serve application: a FastAPI gateway routing by ``model`` to one deployment per checkpoint.
+
+Errors are JSON in OpenAI's shape, ``{"error": {"message", "type", "param"}}``,
+name the field, never echo the request body, and never reach a model replica:
+bad input is rejected at the gateway.
+"""
+
+# No `from __future__ import annotations` here: Serve wraps the ingress methods, and
+# FastAPI then cannot resolve string annotations (the body became a query parameter).
+import secrets
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from genai.config import ServeSpec
+from genai.serve import metrics
+from genai.serve.lm import LanguageModel, PromptTooLong
+from genai.serve.schemas import CompletionRequest, CompletionResponse, ModelCard, ModelList
+from genai.train.checkpoint import read_meta, resolve
+
+app = FastAPI(title="genai", description="Completions from genai checkpoints (OpenAI-style API)")
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        kind: str = "invalid_request_error",
+    ):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def _error(
+    status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"error": {"message": message, "type": kind, "param": param, "code": None}},
+    )
+
+
+@app.exception_handler(APIError)
+async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+    return _error(exc.status, exc.message, exc.param, exc.kind)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's default echoes the input back (a 7.9 MB bad field gave a 5.2 MB error body,
+    # FACTS.md): report the field and the rule only.
+    err = exc.errors()[0]
+    # loc is ("body", field, <union member / index>...): the request's field is what the client knows
+    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    param = loc[0] if loc else "body"
+    if err.get("type") == "json_invalid":
+        return _error(400, "request body is not valid JSON", "body")
+    if err.get("type") == "missing":
+        return _error(422, f"{param} is required", param)
+    return _error(422, f"{param}: {err.get('msg', 'invalid value')}", param)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(
+        exc.status_code,
+        str(exc.detail),
+        None,
+        "not_found" if exc.status_code == 404 else "http_error",
+    )
+
+
+@app.middleware("http")
+async def _limits_and_auth(request: Request, call_next):
+    state = request.app.state
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > state.max_body_bytes):
+        return _error(413, f"request body exceeds {state.max_body_bytes} bytes", "body")
+    if state.api_keys and request.url.path.startswith("/v1/"):
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not any(
+            secrets.compare_digest(key, k) for k in state.api_keys
+        ):
+            return _error(
+                401,
+                "missing or invalid API key (Authorization: Bearer <key>)",
+                None,
+                "authentication_error",
+            )
+    return await call_next(request)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+@serve.ingress(app)
+class Gateway:
+    def __init__(self, models: dict[str, DeploymentHandle], settings: dict[str, Any]) -> None:
+        self.models = models
+        self.max_tokens_limit = settings["max_tokens_limit"]
+        app.state.max_body_bytes = settings["max_body_bytes"]
+        app.state.api_keys = tuple(settings["api_keys"])
+        self.cards: dict[str, dict[str, Any]] = {}
+
+    async def _card(self, name: str) -> dict[str, Any]:
+        if name not in self.cards:
+            self.cards[name] = await self.models[name].info.remote()
+        return self.cards[name]
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        ctx = serve.get_replica_context()
+        return {"status": "ok", "models": sorted(self.models), "replica": ctx.replica_id.unique_id}
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def list_models(self) -> ModelList:
+        return ModelList(data=[ModelCard(**await self._card(n)) for n in sorted(self.models)])
+
+    @app.post("/v1/completions", response_model=CompletionResponse)
+    async def completions(self, body: CompletionRequest) -> CompletionResponse:
+        t0 = time.perf_counter()
+        name = self._route(body.model)
+        status = "200"
+        try:
+            if body.max_tokens > self.max_tokens_limit:
+                raise APIError(
+                    422,
+                    f"max_tokens must be <= {self.max_tokens_limit}, got {body.max_tokens}",
+                    "max_tokens",
+                )
+            card = await self._card(name)
+            if card["family"] != "lm":
+                raise APIError(
+                    400,
+                    f"model {name!r} is a {card['family']} model, not a language model",
+                    "model",
+                )
+            try:
+                out = await self.models[name].complete.remote(body.model_dump())
+            except PromptTooLong as exc:  # Ray re-raises the replica's error as a subclass of it
+                raise APIError(400, str(getattr(exc, "cause", exc)), "max_tokens") from None
+        except APIError as exc:
+            status = str(exc.status)
+            raise
+        finally:
+            metrics.requests_total().inc(
+                tags={"route": "/v1/completions", "model": name, "status": status}
+            )
+            metrics.request_latency_s().observe(
+                time.perf_counter() - t0, tags={"route": "/v1/completions", "model": name}
+            )
+        return CompletionResponse(
+            id=f"cmpl-{uuid.uuid4().hex[:24]}",
+            created=int(time.time()),
+            model=name,
+            choices=[{"text": out["text"], "finish_reason": out["finish_reason"]}],
+            usage={
+                "prompt_tokens": out["prompt_tokens"],
+                "completion_tokens": out["completion_tokens"],
+                "total_tokens": out["prompt_tokens"] + out["completion_tokens"],
+            },
+        )
+
+    def _route(self, model: str | None) -> str:
+        if model is None:
+            if len(self.models) == 1:
+                return next(iter(self.models))
+            raise APIError(
+                422, f"model is required when several are served ({sorted(self.models)})", "model"
+            )
+        if model not in self.models:
+            raise APIError(
+                404,
+                f"model {model!r} is not served; GET /v1/models lists them",
+                "model",
+                "not_found",
+            )
+        return model
+
+
+def build_app(spec: ServeSpec, checkpoints: list[str | Path], api_keys: list[str] | None = None):
+    """One deployment per checkpoint (named by its meta.json ``name``) behind one gateway."""
+    if not checkpoints:
+        raise ValueError("no checkpoints to serve")
+    models: dict[str, Any] = {}
+    for path in checkpoints:
+        directory = resolve(path)
+        meta = read_meta(directory)
+        name = meta["name"]
+        if name in models:
+            raise ValueError(f"two checkpoints are named {name!r}; model ids must be unique")
+        a = spec.autoscaling
+        models[name] = LanguageModel.options(
+            name=f"lm-{name}",
+            ray_actor_options={"num_cpus": spec.num_cpus},
+            max_ongoing_requests=spec.max_ongoing_requests,
+            autoscaling_config={
+                "min_replicas": a.min_replicas,
+                "initial_replicas": max(1, a.min_replicas),
+                "max_replicas": a.max_replicas,
+                "target_ongoing_requests": a.target_ongoing_requests,
+                "upscale_delay_s": a.upscale_delay_s,
+                "downscale_delay_s": a.downscale_delay_s,
+                "look_back_period_s": a.look_back_period_s,
+            },
+        ).bind(str(directory))
+    settings = {
+        "max_tokens_limit": spec.max_tokens_limit,
+        "max_body_bytes": spec.max_body_bytes,
+        "api_keys": api_keys or [],
+    }
+    return Gateway.bind(models, settings)

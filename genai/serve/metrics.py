@@ -1,0 +1,39 @@
+"""Every serving metric, in one place (exported by Ray with a ``ray_`` prefix).
+
+Created lazily inside a replica: ``ray.serve.metrics`` objects must be built in
+the process that records them.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from ray.serve import metrics
+
+
+@cache
+def requests_total() -> metrics.Counter:
+    return metrics.Counter(
+        "genai_requests_total",
+        description="HTTP requests by route, model and status code",
+        tag_keys=("route", "model", "status"),
+    )
+
+
+@cache
+def request_latency_s() -> metrics.Histogram:
+    return metrics.Histogram(
+        "genai_request_latency_s",
+        description="end-to-end latency of a request inside the gateway",
+        boundaries=[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+        tag_keys=("route", "model"),
+    )
+
+
+@cache
+def tokens_total() -> metrics.Counter:
+    return metrics.Counter(
+        "genai_tokens_total",
+        description="prompt and completion tokens processed",
+        tag_keys=("model", "kind"),
+    )

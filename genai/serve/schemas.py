@@ -1,0 +1,82 @@
+"""Request and response bodies, in OpenAI's completions shapes so existing clients work.
+
+Strict: ``"5"`` is not an integer and ``true`` is not a number. Unknown fields
+that OpenAI clients send (``user``, ``logprobs`` ...) are ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# An absolute ceiling; the served limit (serve.max_tokens_limit and the model's
+# context) is checked per request and named in the error too.
+MAX_TOKENS_CEILING = 1 << 16
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(
+        None, max_length=128, description="model id; optional when one model is served"
+    )
+    prompt: str = Field(max_length=200_000)
+    max_tokens: int = Field(16, ge=1, le=MAX_TOKENS_CEILING)
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    stop: (
+        str
+        | Annotated[list[Annotated[str, Field(min_length=1, max_length=64)]], Field(max_length=4)]
+        | None
+    ) = None
+    n: Literal[1] = 1
+
+
+class Choice(BaseModel):
+    text: str
+    index: int = 0
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "genai"
+    family: str
+    step: int
+    context_length: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

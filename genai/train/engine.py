@@ -1,0 +1,155 @@
+"""The only module that talks to DeepSpeed.
+
+Builds the DeepSpeed config from the typed spec (no hand-written JSON, no
+hidden ``"auto"``), and wraps initialize / forward / backward / step / save /
+load / weight export behind a small interface used by the training loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genai.config import DeepSpeedSpec, TrainSpec
+
+
+def _fix_cuda_arch_list() -> None:
+    # Hopper images often set TORCH_CUDA_ARCH_LIST="9.0a"; DeepSpeed's JIT op builder
+    # parses it with int() and fails ("invalid literal for int() ... '0a'"). The
+    # arch-specific 'a' suffix adds nothing for DeepSpeed's kernels, so drop it.
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    if arch and re.search(r"\d[a-z]\b", arch):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = re.sub(r"(\d)[a-z]\b", r"\1", arch)
+
+
+_fix_cuda_arch_list()
+import deepspeed  # noqa: E402  (after the arch fix: the op builder reads it at import)
+
+logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+deepspeed.utils.logger.setLevel(logging.WARNING)
+if not torch.cuda.is_available():
+    # On the CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op (~90 s cold) that
+    # only its tensor-parallel *inference* path uses; training all-reduces through gloo.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def lr_lambda(train: TrainSpec):
+    """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
+
+    def factor(step: int) -> float:
+        if step < train.warmup_steps:
+            return (step + 1) / train.warmup_steps
+        progress = min(
+            1.0, (step - train.warmup_steps) / max(1, train.max_steps - train.warmup_steps)
+        )
+        return train.min_lr_ratio + (1 - train.min_lr_ratio) * 0.5 * (
+            1 + math.cos(math.pi * progress)
+        )
+
+    return factor
+
+
+def deepspeed_config(ds: DeepSpeedSpec, train: TrainSpec, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed JSON, every value explicit. Stored in checkpoints' meta.json."""
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.zero_stage >= 1:
+        zero.update(overlap_comm=False, contiguous_gradients=True, reduce_bucket_size=5e7)
+    if ds.zero_stage == 3:
+        zero.update(
+            stage3_gather_16bit_weights_on_model_save=True, stage3_param_persistence_threshold=1e4
+        )
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_micro_batch_size_per_gpu": train.micro_batch_size,
+        "gradient_accumulation_steps": train.grad_accum_steps,
+        "train_batch_size": train.micro_batch_size * train.grad_accum_steps * world_size,
+        "gradient_clipping": train.grad_clip,
+        "bf16": {"enabled": ds.precision == "bf16"},
+        "fp16": {"enabled": False},
+        "zero_optimization": zero,
+        # we pass a torch AdamW: it runs on CPU and GPU alike; DeepSpeed's CPU Adam needs a JIT build
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+class Engine:
+    """A DeepSpeed engine with the few verbs the loops need."""
+
+    def __init__(
+        self, model: torch.nn.Module, ds: DeepSpeedSpec, train: TrainSpec, world_size: int
+    ):
+        self.config = deepspeed_config(ds, train, world_size)
+        self.zero_stage = ds.zero_stage
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": train.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=train.lr,
+            betas=(train.beta1, train.beta2),
+            fused=torch.cuda.is_available(),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
+        self.ds_engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
+        )
+        if ds.compile:
+            self.ds_engine.compile()
+
+    @property
+    def device(self) -> torch.device:
+        return self.ds_engine.device
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ds_engine.module
+
+    def __call__(self, *args, **kwargs):
+        return self.ds_engine(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds_engine.backward(loss)
+
+    def step(self) -> None:
+        """Call after every micro-batch; DeepSpeed steps the optimizer at accumulation boundaries."""
+        self.ds_engine.step()
+
+    def train(self, mode: bool = True) -> None:
+        self.ds_engine.train(mode)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
+        """Every rank writes its shards (a collective)."""
+        self.ds_engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+
+    def load(self, directory: Path, tag: str) -> dict[str, Any]:
+        """Restore module, optimizer, LR schedule; returns the client state saved with them."""
+        _, client_state = self.ds_engine.load_checkpoint(
+            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if client_state is None:
+            raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
+        return client_state
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Consolidated weights on rank 0 (None elsewhere). A collective under ZeRO-3."""
+        if self.zero_stage == 3:
+            return self.ds_engine._zero3_consolidated_16bit_state_dict()
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+            return None
+        return {k: v.detach().cpu() for k, v in self.ds_engine.module.state_dict().items()}

@@ -1,0 +1,186 @@
+"""``train_loop_per_worker``: the recipe every Ray Train worker runs.
+
+1. context and seeds; 2. data and engines (the task); 3. resume; 4. steps, with
+progress, evaluation and ``ray.train.report``; 5. checkpoints (all ranks write
+shards, rank 0 exports and commits).
+Everything comes from ``config``; nothing from module globals.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+
+from genai import __version__
+from genai.config import JobSpec
+from genai.train import checkpoint as ckpt
+from genai.train.tasks import LMTask
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _quiet_ray_train() -> None:
+    # Ray Train V2 logs every report (with all metrics) at INFO from each rank; our own
+    # progress line already says it once.
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+
+        logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    except ImportError:
+        pass
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    # 1. context
+    _quiet_ray_train()
+    spec = JobSpec.model_validate(config["spec"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(spec.train.seed)
+    say = (
+        (lambda msg: print(f"[{spec.name}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
+    )
+
+    # 2. data + model + DeepSpeed engine(s)
+    task = LMTask(spec, config["data"], rank, world)
+    say(
+        f"{task.n_params / 1e6:.2f}M parameters, {world} workers, ZeRO-{spec.deepspeed.zero_stage} "
+        f"{spec.deepspeed.precision}, {task.tokens_per_step:,} tokens/step"
+    )
+    root = Path(config["checkpoint_root"])
+    history: list[dict[str, float]] = []
+
+    # 3. resume
+    start = 0
+    if config.get("resume_from"):
+        src = Path(config["resume_from"])
+        state = {}
+        for name, engine in task.engines.items():
+            state = engine.load(
+                src / ckpt.DS_DIR / name, tag=ckpt.step_name(ckpt.read_meta(src)["step"])
+            )
+        start = int(state["step"])
+        history = list(ckpt.read_meta(src).get("history", []))
+        say(f"resumed from {src} at step {start}")
+
+    def save(step: int, metrics: dict[str, float]) -> Path:
+        # 5. every rank writes its shards into one staging dir, rank 0 exports + commits
+        staging = ckpt.staging_dir(root, step, config["run_id"])
+        if rank == 0:
+            staging.mkdir(parents=True, exist_ok=True)
+        _barrier()
+        for name, engine in task.engines.items():
+            engine.save(
+                staging / ckpt.DS_DIR / name, tag=ckpt.step_name(step), client_state={"step": step}
+            )
+        export = task.export(staging)
+        _barrier()
+        if rank == 0:
+            _check_shared_storage(staging, world, spec.deepspeed.zero_stage)
+            ckpt.write_meta(
+                staging,
+                {
+                    "family": spec.model.family,
+                    "name": spec.name,
+                    "step": step,
+                    "metrics": metrics,
+                    "history": history,
+                    "spec": spec.model_dump(mode="json"),
+                    "spec_hash": spec.spec_hash(),
+                    "deepspeed_config": task.engine.config,
+                    "world_size": world,
+                    "n_params": task.n_params,
+                    "versions": _versions(),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    **export,
+                },
+            )
+            final = ckpt.commit(staging, root, step, spec.checkpoint.keep)
+            say(f"checkpoint {final}")
+        _barrier()
+        return root / ckpt.step_name(step)
+
+    # 4. the loop
+    t = spec.train
+    if start == 0:
+        history.append({"step": 0, **task.evaluate()})
+        say(f"step 0 val_loss {history[-1]['val_loss']:.4f}")
+    window_t, window_steps, first_step_at = time.perf_counter(), 0, None
+    metrics: dict[str, float] = {}
+    for step in range(start, t.max_steps):
+        torch.manual_seed(
+            hash((t.seed, rank, step)) & 0x7FFFFFFF
+        )  # dropout reproducible across resume
+        out = task.train_step(step)
+        done = step + 1
+        window_steps += 1
+        if first_step_at is None:
+            first_step_at = time.time()
+            say(f"first step done {first_step_at - config['t_submit']:.1f}s after submit")
+        evaluate = done % t.eval_every == 0 or done == t.max_steps
+        if done % t.log_every == 0 or evaluate:
+            elapsed = time.perf_counter() - window_t
+            metrics = {
+                "step": done,
+                "lr": task.engine.lr,
+                "tokens_per_s": window_steps * task.tokens_per_step / elapsed,
+                "time_to_first_step_s": first_step_at - config["t_submit"],
+                **out,
+            }
+            if evaluate:
+                metrics.update(task.evaluate())
+                history.append({"step": done, "val_loss": metrics["val_loss"]})
+            say(
+                f"step {done}/{t.max_steps} loss {out['loss']:.4f}"
+                + (f" val_loss {metrics['val_loss']:.4f}" if evaluate else "")
+                + f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s"
+            )
+            window_t, window_steps = time.perf_counter(), 0
+        every = spec.checkpoint.every_steps
+        if done == t.max_steps or (every and done % every == 0):
+            path = save(done, metrics)
+            ray.train.report({**metrics, "checkpoint_path": str(path)})
+        elif done % t.log_every == 0 or evaluate:
+            ray.train.report(metrics)
+        if done % t.log_every == 0 or evaluate:
+            window_t = time.perf_counter()  # do not count checkpoint time as training time
+
+
+def _check_shared_storage(staging: Path, world: int, zero_stage: int) -> None:
+    # Under ZeRO >= 1 every rank writes optimizer shards; if some are missing here, the
+    # ranks wrote to different filesystems (multi-node without shared checkpoint.dir).
+    if zero_stage == 0 or world == 1:
+        return
+    shards = list(staging.rglob("*optim_states.pt"))
+    ranks = {m.group(1) for p in shards if (m := re.search(r"zero_pp_rank_(\d+)_", p.name))}
+    if len(ranks) < world:
+        raise ckpt.CheckpointError(
+            f"checkpoint {staging} has optimizer shards from {len(ranks)}/{world} ranks: "
+            "checkpoint.dir must be on storage shared by all nodes"
+        )
+
+
+def _versions() -> dict[str, str]:
+    import deepspeed
+    import transformers
+
+    return {
+        "genai": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "deepspeed": deepspeed.__version__,
+        "transformers": transformers.__version__,
+        "ray": ray.__version__,
+    }

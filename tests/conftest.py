@@ -1,0 +1,101 @@
+"""Shared fixtures: one embedded Ray for the session, a tiny local corpus, tiny specs.
+
+Everything is real: a local Ray instance, DeepSpeed on the CPU (gloo), Ray Serve
+over HTTP. Models are tiny (2 layers, width 32) so a run takes seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance shared by every test that needs it.
+
+    4 logical CPUs on a 2-core machine: a Serve app (0.6 CPU) stays up while 2-worker
+    training runs; the work itself is small.
+    """
+    from genai import cluster
+
+    with cluster.connect(num_cpus=4):
+        yield
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """A small code corpus: a few standard-library packages copied to a local dir."""
+    src = Path(sysconfig.get_paths()["stdlib"])
+    out = tmp_path_factory.mktemp("corpus")
+    for pkg in ("json", "email", "logging"):
+        for f in sorted((src / pkg).glob("*.py")):
+            shutil.copy(f, out / f"{pkg}_{f.name}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("genai_cache")
+
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "model": {"n_layer": 2, "n_embd": 32, "n_head": 2, "max_position": 96},
+    "data": {
+        "include": ["*.py"],
+        "seq_len": 32,
+        "max_bytes": 300_000,
+        "tokenizer": {"vocab_size": 400},
+    },
+    "train": {
+        "max_steps": 6,
+        "micro_batch_size": 4,
+        "lr": 3e-3,
+        "warmup_steps": 1,
+        "log_every": 2,
+        "eval_every": 3,
+        "eval_batches": 2,
+    },
+    "deepspeed": {"zero_stage": 2, "precision": "bf16"},
+    "scaling": {"num_workers": 2},
+    "checkpoint": {"every_steps": 3, "keep": 2},
+}
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture
+def tiny_raw(tmp_path, corpus_dir, cache_dir):
+    """Factory: a tiny job spec dict with local data and a per-test checkpoint dir."""
+
+    def make(**over: Any) -> dict:
+        raw = merge(TINY, {"data": {"source": str(corpus_dir), "cache_dir": str(cache_dir)}})
+        raw = merge(raw, {"checkpoint": {"dir": str(tmp_path / "ckpt")}})
+        return merge(raw, over)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def zero3_checkpoint(ray_session, tmp_path_factory, corpus_dir, cache_dir) -> Path:
+    """A checkpoint from a real 2-worker ZeRO-3 run (shared by the serving tests)."""
+    from genai.config import parse_job
+    from genai.train.run import train
+
+    raw = merge(TINY, {"name": "tiny-z3", "deepspeed": {"zero_stage": 3}})
+    raw = merge(raw, {"data": {"source": str(corpus_dir), "cache_dir": str(cache_dir)}})
+    raw = merge(raw, {"checkpoint": {"dir": str(tmp_path_factory.mktemp("z3") / "ckpt")}})
+    return train(parse_job(raw))

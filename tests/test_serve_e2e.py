@@ -1,0 +1,252 @@
+"""Ray Serve over real HTTP: completions, models, health, bad input, auth, no pickles."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Boom:
+    """Unpickling this writes a marker file: proof that something unpickled it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).write_text, ("unpickled!",))
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, zero3_checkpoint, tmp_path_factory):
+    """The ZeRO-3 checkpoint, with a booby-trapped pickle beside it, served with API keys."""
+    from ray import serve
+
+    from genai.config import ServeSpec
+    from genai.serve.app import build_app
+
+    ckpt = tmp_path_factory.mktemp("trapped") / "step"
+    shutil.copytree(zero3_checkpoint, ckpt, symlinks=True)
+    marker = ckpt.parent / "UNPICKLED"
+    for name in ("pytorch_model.bin", "training_args.bin", "optimizer.pt"):
+        (ckpt / name).write_bytes(pickle.dumps(_Boom(str(marker))))
+
+    port = _free_port()
+    spec = ServeSpec(port=port, max_tokens_limit=64, max_body_bytes=20_000)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(
+        build_app(spec, [ckpt], api_keys=["k1", "k2"]),
+        name="genai-test",
+        route_prefix="/",
+        blocking=False,
+    )
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Authorization": "Bearer k2"}
+    )
+    yield client, marker
+    client.close()
+    serve.delete("genai-test")
+
+
+def test_completion_round_trip(served):
+    client, marker = served
+    r = client.post(
+        "/v1/completions",
+        json={"model": "tiny-z3", "prompt": "import ", "max_tokens": 8, "seed": 3},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "text_completion" and body["model"] == "tiny-z3"
+    choice = body["choices"][0]
+    assert isinstance(choice["text"], str) and choice["finish_reason"] in ("stop", "length")
+    u = body["usage"]
+    assert u["prompt_tokens"] >= 1 and 1 <= u["completion_tokens"] <= 8
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    # same seed, same text; the model field may be left out when one model is served
+    again = client.post(
+        "/v1/completions", json={"prompt": "import ", "max_tokens": 8, "seed": 3}
+    ).json()
+    assert again["choices"][0]["text"] == choice["text"]
+    assert not marker.exists(), "a pickle in the checkpoint dir was unpickled"
+
+
+def test_models_and_health(served):
+    client, _ = served
+    models = client.get("/v1/models").json()
+    assert models["object"] == "list"
+    (card,) = models["data"]
+    assert (
+        card["id"] == "tiny-z3"
+        and card["family"] == "lm"
+        and card["step"] == 6
+        and card["context_length"] == 96
+    )
+    health = httpx.get(
+        f"{str(client.base_url).rstrip('/')}/healthz"
+    ).json()  # no key needed for health checks
+    assert health["status"] == "ok" and health["models"] == ["tiny-z3"]
+
+
+def test_stop_sequences_end_the_text(served):
+    client, _ = served
+    full = client.post(
+        "/v1/completions", json={"prompt": "def ", "max_tokens": 24, "temperature": 0.0}
+    ).json()
+    text = full["choices"][0]["text"]
+    if len(text) < 4:
+        pytest.skip("greedy completion too short to pick a stop string")
+    stop = text[2:4]
+    cut = client.post(
+        "/v1/completions",
+        json={"prompt": "def ", "max_tokens": 24, "temperature": 0.0, "stop": stop},
+    ).json()
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["choices"][0]["text"] == text[: text.index(stop)]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b'{"prompt": "x", "max_tokens": ', 400, "body"),
+        ({"prompt": "x", "max_tokens": 0}, 422, "max_tokens"),
+        ({"prompt": "x", "max_tokens": -1}, 422, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 10**9}, 422, "max_tokens"),
+        ({"prompt": "x", "max_tokens": 65}, 422, "max_tokens"),  # over serve.max_tokens_limit
+        ({"prompt": "x", "max_tokens": "5"}, 422, "max_tokens"),
+        ({"prompt": 5}, 422, "prompt"),
+        ({"max_tokens": 5}, 422, "prompt"),
+        ({"prompt": "x", "temperature": 3}, 422, "temperature"),
+        ({"prompt": "x", "top_p": 0}, 422, "top_p"),
+        ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, 422, "stop"),
+        ({"prompt": "x", "model": "nope"}, 404, "model"),
+        (
+            {"prompt": "word " * 200, "max_tokens": 64},
+            400,
+            "max_tokens",
+        ),  # past the 96-token context
+        ({"prompt": "x" * 30_000}, 413, "body"),
+    ],
+)
+def test_bad_requests_get_4xx_json_naming_the_field(served, body, status, param):
+    client, _ = served
+    before = client.get("/healthz").json()["replica"]
+    if isinstance(body, bytes):
+        r = client.post(
+            "/v1/completions", content=body, headers={"content-type": "application/json"}
+        )
+    else:
+        r = client.post("/v1/completions", json=body)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"]
+    assert len(r.content) < 1000  # the input is never echoed back
+    # the same replica answers a good request right after
+    ok = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    assert ok.status_code == 200
+    assert client.get("/healthz").json()["replica"] == before
+
+
+def test_api_keys_are_enforced(served):
+    client, _ = served
+    url = f"{str(client.base_url).rstrip('/')}/v1/completions"
+    assert httpx.post(url, json={"prompt": "x"}).status_code == 401
+    assert (
+        httpx.post(url, json={"prompt": "x"}, headers={"Authorization": "Bearer wrong"}).status_code
+        == 401
+    )
+    r = httpx.post(
+        url,
+        json={"prompt": "x", "max_tokens": 2},
+        headers={"Authorization": "Bearer k1"},
+        timeout=60,
+    )
+    assert r.status_code == 200
+
+
+def test_genai_serve_cli_query_and_sigterm(zero3_checkpoint, tmp_path):
+    """`genai serve` in the foreground, `genai query` against it, SIGTERM shuts both Serve and Ray down."""
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genai.cli", "serve", str(zero3_checkpoint), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if "serving at" in (tmp_path / "serve.log").read_text():
+                break
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        q = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "genai.cli",
+                "query",
+                "import ",
+                "--max-tokens",
+                "8",
+                "--url",
+                f"http://127.0.0.1:{port}",
+                "--seed",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert q.returncode == 0, q.stderr
+        assert q.stdout.startswith("import ")
+        bad = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "genai.cli",
+                "query",
+                "x",
+                "--max-tokens",
+                "0",
+                "--url",
+                f"http://127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert (
+            bad.returncode == 2
+            and "max_tokens" in bad.stderr
+            and len(bad.stderr.strip().splitlines()) == 1
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert "shutting down" in (tmp_path / "serve.log").read_text()
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
