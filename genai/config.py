@@ -13,7 +13,7 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -46,7 +46,7 @@ class ModelSpec(Section):
     n_head: int = Field(4, ge=1, le=1024)
     n_kv_head: int | None = Field(None, ge=1, description="llama only: grouped-query KV heads")
     intermediate_size: int | None = Field(
-        None, ge=8, description="llama MLP width (default 4*n_embd... rounded)"
+        None, ge=8, description="llama MLP width (default ~8/3*n_embd, rounded to 64)"
     )
     max_position: int = Field(512, ge=16, le=1 << 20, description="context length of the model")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -64,6 +64,53 @@ class ModelSpec(Section):
         return self
 
 
+ImageSize = Literal[8, 16, 32, 64]
+
+
+class GANModelSpec(Section):
+    """DCGAN-style generator + discriminator (genai/models/gan.py)."""
+
+    family: Literal["gan"]
+    image_size: ImageSize = 8
+    channels: Literal[1, 3] = 1
+    latent_dim: int = Field(64, ge=2, le=4096)
+    g_width: int = Field(64, ge=4, le=4096)
+    d_width: int = Field(64, ge=4, le=4096)
+    conditional: bool = Field(False, description="class-conditional (needs labelled data)")
+    num_classes: int = Field(10, ge=2, le=100_000)
+
+
+class VAEModelSpec(Section):
+    """Convolutional VAE (genai/models/vae.py)."""
+
+    family: Literal["vae"]
+    image_size: ImageSize = 8
+    channels: Literal[1, 3] = 1
+    latent_dim: int = Field(16, ge=1, le=4096)
+    width: int = Field(32, ge=4, le=4096)
+    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+
+
+class GANSpec(Section):
+    """Adversarial training: two engines with their own optimizers."""
+
+    loss: Literal["non_saturating", "hinge"] = "non_saturating"
+    d_steps: int = Field(1, ge=1, le=100, description="discriminator steps per generator step")
+    g_lr: float = Field(2e-4, gt=0.0, le=1.0)
+    d_lr: float = Field(2e-4, gt=0.0, le=1.0)
+    beta1: float = Field(0.5, ge=0.0, lt=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
+    eval_samples: int = Field(1000, ge=10, description="generated images per quality evaluation")
+
+
+class VAESpec(Section):
+    kl_warmup_steps: int = Field(0, ge=0, description="KL weight ramps 0 -> 1 over these steps")
+    iw_samples: int = Field(64, ge=1, description="k of the importance-weighted bound")
+    eval_images: int = Field(
+        256, ge=1, description="held-out images for the importance-weighted bound"
+    )
+
+
 class TokenizerSpec(Section):
     """Byte-level BPE trained on the corpus, or a local pretrained tokenizer."""
 
@@ -76,6 +123,7 @@ class TokenizerSpec(Section):
 class DataSpec(Section):
     """Text corpus. ``source: stdlib`` is the Python standard library's own source (offline)."""
 
+    kind: Literal["text"] = "text"
     source: str = Field("stdlib", description="'stdlib', a file, a directory or a glob")
     format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
     text_field: str = Field("text", description="JSONL key / Parquet column holding the text")
@@ -89,6 +137,20 @@ class DataSpec(Section):
     cache_dir: str = Field(
         ".genai_cache", description="tokenized shards are cached here, keyed by content"
     )
+    seed: int = Field(0, ge=0)
+
+
+class ImageDataSpec(Section):
+    """Images. ``source: digits`` is scikit-learn's bundled 8x8 digits (offline, labelled)."""
+
+    kind: Literal["images"] = "images"
+    source: str = Field("digits", description="'digits', an image folder, or a Parquet file")
+    image_column: str = Field("image", description="Parquet column of encoded image bytes")
+    label_column: str | None = Field(None, description="Parquet column of integer labels")
+    labels_from_dirs: bool = Field(True, description="image folder: class = sub-directory name")
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    max_images: int = Field(200_000, ge=10)
+    cache_dir: str = Field(".genai_cache", description="the quality classifier is cached here")
     seed: int = Field(0, ge=0)
 
 
@@ -150,17 +212,55 @@ class CheckpointSpec(Section):
     keep: int = Field(3, ge=1, description="newest checkpoints kept")
 
 
+FAMILIES = ("lm", "gan", "vae")
+
+
 class JobSpec(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    data: DataSpec = Field(default_factory=DataSpec)
+    model: Annotated[ModelSpec | GANModelSpec | VAEModelSpec, Field(discriminator="family")] = (
+        Field(default_factory=ModelSpec)
+    )
+    data: Annotated[DataSpec | ImageDataSpec, Field(discriminator="kind")] = Field(
+        default_factory=DataSpec
+    )
+    gan: GANSpec | None = None
+    vae: VAESpec | None = None
     train: TrainSpec = Field(default_factory=TrainSpec)
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_by_family(cls, raw: Any) -> Any:
+        # `family` picks the model type; data kind and the family's section follow from it
+        if not isinstance(raw, dict):
+            return raw
+        model = raw.get("model")
+        family = model.get("family", "lm") if isinstance(model, dict) else "lm"
+        if isinstance(model, dict):
+            raw["model"] = {**model, "family": family}
+        data = raw.get("data", {})
+        if isinstance(data, dict) and "kind" not in data and family in FAMILIES:
+            raw["data"] = {**data, "kind": "text" if family == "lm" else "images"}
+        if family in ("gan", "vae") and raw.get(family) is None:
+            raw[family] = {}
+        return raw
+
     @model_validator(mode="after")
     def _cross_checks(self) -> JobSpec:
+        family = self.model.family
+        if (self.data.kind == "text") != (family == "lm"):
+            raise ValueError(f"data.kind {self.data.kind!r} does not fit model.family {family!r}")
+        for section in ("gan", "vae"):
+            if getattr(self, section) is not None and family != section:
+                raise ValueError(
+                    f"{section} settings are only for model.family {section!r}, got {family!r}"
+                )
+        if family != "lm":
+            if self.train.grad_accum_steps != 1:
+                raise ValueError(f"train.grad_accum_steps must be 1 for model.family {family!r}")
+            return self
         if self.model.pretrained_path is None and self.data.seq_len > self.model.max_position:
             raise ValueError(
                 f"data.seq_len ({self.data.seq_len}) must be <= model.max_position ({self.model.max_position})"
@@ -214,6 +314,10 @@ class ServeSpec(Section):
     max_body_bytes: int = Field(
         1_000_000, ge=1024, description="requests with larger bodies get 413"
     )
+    max_batch_size: int = Field(
+        8, ge=1, description="image requests stacked into one forward (@serve.batch)"
+    )
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
     api_keys_env: str = Field(
         "GENAI_API_KEYS", description="env var with comma-separated API keys; unset: open"
     )
@@ -245,7 +349,15 @@ def _yaml(text: str) -> Any:
 
 
 def _format_error(err: dict[str, Any], prefix: str = "") -> str:
-    loc = ".".join(str(p) for p in err["loc"])
+    # discriminated unions put the tag in the path (model.gan.latent_dim): drop it
+    parts = [str(p) for p in err["loc"]]
+    if (
+        len(parts) >= 2
+        and parts[0] in ("model", "data")
+        and parts[1] in (*FAMILIES, "text", "images")
+    ):
+        del parts[1]
+    loc = ".".join(parts)
     key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "spec"
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
@@ -266,6 +378,9 @@ def _format_error(err: dict[str, Any], prefix: str = "") -> str:
         "string_pattern_mismatch": lambda: f"must match {ctx.get('pattern')}",
         "missing": lambda: "is required",
     }
+    if kind == "union_tag_invalid":
+        field = str(ctx.get("discriminator", "")).strip("'")
+        return f"{key}.{field} must be one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
     if kind == "extra_forbidden":
         return f"unknown key {key}"
     if kind == "missing":

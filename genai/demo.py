@@ -1,20 +1,26 @@
 """``genai demo``: the whole path on an embedded local Ray, in a few minutes.
 
-Train ``jobs/lm-tiny.yaml`` (2 workers, ZeRO-2), serve its checkpoint with Ray
-Serve, send completion requests over HTTP, print what came back, shut down.
+Train a small code LM (``jobs/lm-tiny.yaml``), a conditional digits GAN and a
+digits VAE (2 Ray Train workers each, DeepSpeed), serve all three in one Ray
+Serve application, call every route over HTTP, print what came back and where
+the pictures are, shut down.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import socket
 import time
 from pathlib import Path
 
 import httpx
+import torch
 from ray import serve
 
 from genai import cluster
 from genai.config import ServeSpec, load_job
+from genai.pictures import png_bytes, save_grid
 from genai.serve.run import start
 from genai.train.checkpoint import read_meta
 from genai.train.run import train
@@ -29,35 +35,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_demo(steps: int | None = None, log=print) -> dict:
-    t0 = time.perf_counter()
-    overrides = [f"train.max_steps={steps}"] if steps else []
-    spec = load_job(JOBS / "lm-tiny.yaml", overrides)
-    with cluster.connect():
-        log(
-            f"== 1/3 train {spec.name}: {spec.scaling.num_workers} Ray Train workers, DeepSpeed ZeRO-{spec.deepspeed.zero_stage}"
-        )
-        path = train(spec, fresh=True, log=log)
-        meta = read_meta(path)
-        history = meta["history"]
-        first, last = history[0], history[-1]
-        log(f"checkpoint: {path}")
+def _decode_pngs(items: list[dict]) -> torch.Tensor:
+    from PIL import Image
 
-        log("== 2/3 serve it with Ray Serve")
-        url = start(ServeSpec(port=free_port()), [path])
+    arrays = []
+    for item in items:
+        with Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))) as img:
+            t = torch.tensor(list(img.convert("L").getdata()), dtype=torch.float32).view(
+                1, img.height, img.width
+            )
+        arrays.append(t / 255)
+    return torch.stack(arrays)
+
+
+def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=print) -> dict:
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir).absolute()
+    over = [f"train.max_steps={steps}"] if steps else []
+    specs = [load_job(JOBS / f"{n}.yaml", over) for n in ("lm-tiny", "gan-digits", "vae-digits")]
+    result: dict = {"pictures": []}
+    with cluster.connect():
+        paths = {}
+        for i, spec in enumerate(specs, 1):
+            log(
+                f"\n== {i}/5 train {spec.name} ({spec.model.family}): {spec.scaling.num_workers} Ray Train workers, DeepSpeed ZeRO-{spec.deepspeed.zero_stage}"
+            )
+            paths[spec.name] = train(spec, fresh=True, log=log)
+            log(f"checkpoint: {paths[spec.name]}")
+        metas = {n: read_meta(p) for n, p in paths.items()}
+
+        log("\n== 4/5 serve all three in one Ray Serve application")
+        url = start(ServeSpec(port=free_port()), list(paths.values()))
         log(f"serving at {url}")
 
-        log("== 3/3 query it over HTTP (POST /v1/completions)")
-        completions = []
+        log("\n== 5/5 call every route over HTTP")
         try:
             with httpx.Client(base_url=url, timeout=120) as client:
-                models = client.get("/v1/models").json()["data"]
-                log(f"models: {[m['id'] for m in models]}")
+                log(
+                    f"GET /v1/models: {[(m['id'], m['family']) for m in client.get('/v1/models').json()['data']]}"
+                )
+                result["completions"] = []
                 for i, prompt in enumerate(PROMPTS):
                     r = client.post(
                         "/v1/completions",
                         json={
-                            "model": spec.name,
+                            "model": "lm-tiny",
                             "prompt": prompt,
                             "max_tokens": 48,
                             "temperature": 0.7,
@@ -66,18 +88,83 @@ def run_demo(steps: int | None = None, log=print) -> dict:
                     )
                     r.raise_for_status()
                     text = r.json()["choices"][0]["text"]
-                    completions.append((prompt, text))
-                    log(f"\n--- prompt: {prompt!r}\n{prompt}{text}")
+                    result["completions"].append((prompt, text))
+                    log(f"\n--- POST /v1/completions prompt={prompt!r}\n{prompt}{text}")
+
+                rows = []
+                for digit in range(10):
+                    r = client.post(
+                        "/v1/images/generations",
+                        json={"model": "gan-digits", "prompt": str(digit), "n": 10, "seed": digit},
+                    )
+                    r.raise_for_status()
+                    rows.append(_decode_pngs(r.json()["data"]))
+                path = save_grid(torch.cat(rows), out_dir / "gan-digits-by-prompt.png", cols=10)
+                log(
+                    f"\nPOST /v1/images/generations gan-digits, prompt '0'..'9' (a row each): {path}"
+                )
+                result["pictures"].append(path)
+
+                r = client.post(
+                    "/v1/images/generations",
+                    json={"model": "vae-digits", "prompt": "", "n": 64, "seed": 0},
+                )
+                r.raise_for_status()
+                path = save_grid(
+                    _decode_pngs(r.json()["data"]), out_dir / "vae-digits-samples.png", cols=8
+                )
+                log(f"POST /v1/images/generations vae-digits, 64 prior samples: {path}")
+                result["pictures"].append(path)
+
+                # reconstruct and interpolate GAN-drawn digits (any 8x8 PNG would do)
+                inputs = [item for row in rows[:8] for item in row[:2]]
+                b64 = [base64.b64encode(png_bytes(x)).decode() for x in inputs]
+                r = client.post("/v1/vae/reconstruct", json={"model": "vae-digits", "images": b64})
+                r.raise_for_status()
+                recon = _decode_pngs(r.json()["data"])
+                pairs = torch.stack([torch.stack(inputs), recon], 1).flatten(0, 1)
+                path = save_grid(pairs, out_dir / "vae-digits-reconstruct.png", cols=8)
+                log(f"POST /v1/vae/reconstruct: 16 digits beside their reconstructions: {path}")
+                result["pictures"].append(path)
+
+                r = client.post(
+                    "/v1/vae/interpolate",
+                    json={
+                        "model": "vae-digits",
+                        "image_a": b64[2],
+                        "image_b": b64[14],
+                        "steps": 10,
+                    },
+                )
+                r.raise_for_status()
+                path = save_grid(
+                    _decode_pngs(r.json()["data"]), out_dir / "vae-digits-interpolate.png", cols=10
+                )
+                log(f"POST /v1/vae/interpolate: '1' to '7' in 10 steps: {path}")
+                result["pictures"].append(path)
         finally:
             serve.shutdown()
+
+    lm, gan, vae = (metas[s.name] for s in specs)
+    h = lm["history"]
     log(
-        f"\nvalidation loss: {first['val_loss']:.3f} at step {first['step']} -> "
-        f"{last['val_loss']:.3f} at step {last['step']} (nats/token)"
+        f"\nlm-tiny validation loss: {h[0]['val_loss']:.3f} at step 0 -> {h[-1]['val_loss']:.3f} at step {h[-1]['step']} (nats/token)"
     )
-    log(f"demo finished in {time.perf_counter() - t0:.0f}s; checkpoint {path}")
-    return {
-        "checkpoint": path,
-        "val_loss_first": first["val_loss"],
-        "val_loss_last": last["val_loss"],
-        "completions": completions,
-    }
+    g = gan["history"]
+    log(
+        f"gan-digits feature FD: {g[0]['fd']:.1f} at step 0 -> {g[-1]['fd']:.1f} at step {g[-1]['step']} "
+        f"(real-vs-real floor {g[-1]['real_fd_floor']:.1f}); classes covered in 1,000 samples: {g[-1]['classes_covered']:.0f}/10; "
+        f"conditional accuracy {g[-1]['cond_accuracy']:.1%}"
+    )
+    v = vae["history"]
+    log(
+        f"vae-digits held-out -ELBO: {v[0]['val_neg_elbo']:.1f} -> {v[-1]['val_neg_elbo']:.1f} nats/image "
+        f"(IW-64 bound {v[-1]['val_iw64_bound']:.1f}; diagonal Gaussian baseline {v[-1]['baseline_gaussian_nll']:.1f})"
+    )
+    for m in (gan, vae):
+        for name in m.get("pictures", []):
+            log(f"training picture: {paths[m['name']] / name}")
+    log(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
+    result.update(checkpoints=paths, metas=metas)
+    result["val_loss_first"], result["val_loss_last"] = h[0]["val_loss"], h[-1]["val_loss"]
+    return result

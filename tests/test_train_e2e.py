@@ -33,7 +33,7 @@ def test_zero2_two_workers_write_complete_checkpoints(ray_session, tiny_raw):
     assert final == root / "step-000006" and (root / "latest").resolve() == final.resolve()
     meta = ckpt.read_meta(final)
     assert meta["step"] == 6 and meta["name"] == "tiny" and meta["world_size"] == 2
-    assert meta["deepspeed_config"]["zero_optimization"]["stage"] == 2
+    assert meta["deepspeed_config"]["model"]["zero_optimization"]["stage"] == 2
     assert {"torch", "deepspeed", "ray", "transformers"} <= set(meta["versions"])
     assert [h["step"] for h in meta["history"]] == [0, 3, 6]
     assert meta["metrics"]["tokens_per_s"] > 0 and meta["metrics"]["val_loss"] > 0
@@ -50,7 +50,7 @@ def test_zero3_checkpoint_loads_in_transformers(zero3_checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     meta = ckpt.read_meta(zero3_checkpoint)
-    assert meta["deepspeed_config"]["zero_optimization"]["stage"] == 3
+    assert meta["deepspeed_config"]["model"]["zero_optimization"]["stage"] == 3
     assert len(_ranks_with_optimizer_shards(zero3_checkpoint)) == 2
     model = AutoModelForCausalLM.from_pretrained(zero3_checkpoint)
     tok = AutoTokenizer.from_pretrained(zero3_checkpoint)

@@ -11,7 +11,44 @@ import numpy as np
 import torch
 
 
-class BlockSampler:
+class StepSampler:
+    """Item indices for (step, micro-step, rank): epochs of a seeded permutation, ranks disjoint."""
+
+    def __init__(
+        self, n_items: int, micro_batch: int, grad_accum: int, rank: int, world_size: int, seed: int
+    ) -> None:
+        if n_items < micro_batch * world_size:
+            raise ValueError(
+                f"only {n_items} training items; need at least "
+                f"train.micro_batch_size*scaling.num_workers={micro_batch * world_size}"
+            )
+        self.n = n_items
+        self.micro_batch, self.grad_accum = micro_batch, grad_accum
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self._perm_epoch, self._perm = -1, np.arange(0)
+
+    @property
+    def global_batch(self) -> int:
+        """Items per optimizer step across all workers."""
+        return self.micro_batch * self.grad_accum * self.world_size
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def indices(self, step: int, micro: int = 0) -> np.ndarray:
+        # global position of this rank's first item in the infinite epoch stream
+        start = step * self.global_batch + (micro * self.world_size + self.rank) * self.micro_batch
+        idx = np.empty(self.micro_batch, dtype=np.int64)
+        for i in range(self.micro_batch):
+            pos = start + i
+            idx[i] = self._order(pos // self.n)[pos % self.n]
+        return idx
+
+
+class BlockSampler(StepSampler):
     """Non-overlapping ``seq_len`` blocks of a token stream, shuffled per epoch."""
 
     def __init__(
@@ -25,38 +62,20 @@ class BlockSampler:
         seed: int,
     ) -> None:
         n_blocks = len(tokens) // seq_len
-        if n_blocks < micro_batch * world_size:
-            raise ValueError(
-                f"only {n_blocks} blocks of data.seq_len={seq_len} tokens; need at least "
-                f"train.micro_batch_size*scaling.num_workers={micro_batch * world_size}"
-            )
         # (n_blocks, seq_len) view: no copy of the (possibly shared, read-only) token array
         self.blocks = tokens[: n_blocks * seq_len].reshape(n_blocks, seq_len)
-        self.micro_batch, self.grad_accum = micro_batch, grad_accum
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self._perm_epoch, self._perm = -1, np.arange(0)
-
-    @property
-    def global_batch(self) -> int:
-        """Sequences per optimizer step across all workers."""
-        return self.micro_batch * self.grad_accum * self.world_size
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.blocks))
-            self._perm_epoch = epoch
-        return self._perm
+        super().__init__(n_blocks, micro_batch, grad_accum, rank, world_size, seed)
 
     def batch(self, step: int, micro: int) -> torch.Tensor:
         """Token ids (micro_batch, seq_len) for this rank at optimizer step ``step``."""
-        n = len(self.blocks)
-        # global position of this rank's first sequence in the infinite epoch stream
-        start = step * self.global_batch + (micro * self.world_size + self.rank) * self.micro_batch
-        idx = np.empty(self.micro_batch, dtype=np.int64)
-        for i in range(self.micro_batch):
-            pos = start + i
-            idx[i] = self._order(pos // n)[pos % n]
-        return torch.from_numpy(self.blocks[idx].astype(np.int64))
+        return torch.from_numpy(self.blocks[self.indices(step, micro)].astype(np.int64))
+
+
+def rank_share(n_items: int, limit: int, rank: int, world_size: int) -> np.ndarray:
+    """Indices of this rank's fixed evaluation items; every rank gets the same count
+    (under ZeRO-3 each forward is a collective)."""
+    per_rank = min(n_items // world_size, limit)
+    return np.arange(rank, n_items, world_size)[:per_rank]
 
 
 def eval_batches(
@@ -65,10 +84,8 @@ def eval_batches(
     """A fixed, rank-strided slice of validation blocks (the same at every evaluation)."""
     n_blocks = len(tokens) // seq_len
     blocks = tokens[: n_blocks * seq_len].reshape(n_blocks, seq_len)
-    # every rank gets the same number of blocks: under ZeRO-3 each forward is a collective
-    per_rank = min(n_blocks // world_size, n_batches * micro_batch)
-    mine = blocks[rank::world_size][:per_rank]
-    if per_rank == 0:
+    mine = blocks[rank_share(n_blocks, n_batches * micro_batch, rank, world_size)]
+    if len(mine) == 0:
         raise ValueError(
             f"validation split has {n_blocks} blocks of data.seq_len={seq_len}; "
             f"raise data.val_fraction or data.max_bytes"

@@ -7,12 +7,17 @@ bad input is rejected at the gateway.
 
 # No `from __future__ import annotations` here: Serve wraps the ingress methods, and
 # FastAPI then cannot resolve string annotations (the body became a query parameter).
+import base64
+import binascii
+import contextlib
+import io
 import secrets
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,8 +27,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genai.config import ServeSpec
 from genai.serve import metrics
+from genai.serve.images import ImageModel
 from genai.serve.lm import LanguageModel, PromptTooLong
-from genai.serve.schemas import CompletionRequest, CompletionResponse, ModelCard, ModelList
+from genai.serve.schemas import (
+    CompletionRequest,
+    CompletionResponse,
+    ImageGenerationRequest,
+    ImagesResponse,
+    InterpolateRequest,
+    ModelCard,
+    ModelList,
+    ReconstructRequest,
+)
 from genai.train.checkpoint import read_meta, resolve
 
 app = FastAPI(title="genai", description="Completions from genai checkpoints (OpenAI-style API)")
@@ -100,6 +115,51 @@ async def _limits_and_auth(request: Request, call_next):
     return await call_next(request)
 
 
+# Helpers live above the Gateway: Serve pickles the decorated class by value when it is
+# defined, and a global defined after it would be missing in the replica.
+def _class_from_prompt(prompt: str, card: dict[str, Any]) -> int | None:
+    """'7' or a class name -> label; empty -> None (random classes)."""
+    names: list[str] = card["class_names"]
+    text = prompt.strip()
+    if not text:
+        return None
+    lowered = [n.lower() for n in names]
+    if text.lower() in lowered:
+        return lowered.index(text.lower())
+    if text.isdigit() and int(text) < len(names):
+        return int(text)
+    shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+    raise APIError(
+        422,
+        f"prompt must name a class of model {card['id']!r} ({shown}); got {text[:40]!r}",
+        "prompt",
+    )
+
+
+def _decode(b64: str, card: dict[str, Any], field: str) -> np.ndarray:
+    """A base64 PNG/JPEG of exactly the model's size -> (C, S, S) float32 in 0..255."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        blob = base64.b64decode(b64, validate=True)
+        with Image.open(io.BytesIO(blob)) as img:
+            size = img.size
+            img = img.convert("L" if card["channels"] == 1 else "RGB")
+            arr = np.asarray(img, dtype=np.float32)
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+        raise APIError(
+            422, f"{field} is not a base64-encoded PNG or JPEG image", field.split("[")[0]
+        ) from None
+    side = card["image_size"]
+    if size != (side, side):
+        raise APIError(
+            422,
+            f"{field} is {size[0]}x{size[1]}; model {card['id']!r} takes {side}x{side}",
+            field.split("[")[0],
+        )
+    return arr[None] if card["channels"] == 1 else arr.transpose(2, 0, 1)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
 @serve.ingress(app)
 class Gateway:
@@ -115,6 +175,53 @@ class Gateway:
             self.cards[name] = await self.models[name].info.remote()
         return self.cards[name]
 
+    async def _route(
+        self, model: str | None, families: tuple[str, ...]
+    ) -> tuple[str, dict[str, Any]]:
+        """The served model a request names (or the only one of the right family)."""
+        if model is None:
+            fitting = [
+                n for n in sorted(self.models) if (await self._card(n))["family"] in families
+            ]
+            if len(fitting) == 1:
+                return fitting[0], await self._card(fitting[0])
+            raise APIError(
+                422,
+                f"model is required: {len(fitting)} {'/'.join(families)} models are served",
+                "model",
+            )
+        if model not in self.models:
+            raise APIError(
+                404,
+                f"model {model!r} is not served; GET /v1/models lists them",
+                "model",
+                "not_found",
+            )
+        card = await self._card(model)
+        if card["family"] not in families:
+            raise APIError(
+                400,
+                f"model {model!r} is a {card['family']} model; this route takes {'/'.join(families)}",
+                "model",
+            )
+        return model, card
+
+    @contextlib.asynccontextmanager
+    async def _observe(self, route: str, model: str | None):
+        t0, status = time.perf_counter(), "200"
+        try:
+            yield
+        except APIError as exc:
+            status = str(exc.status)
+            raise
+        except Exception:
+            status = "500"
+            raise
+        finally:
+            tags = {"route": route, "model": model or ""}
+            metrics.requests_total().inc(tags={**tags, "status": status})
+            metrics.request_latency_s().observe(time.perf_counter() - t0, tags=tags)
+
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         ctx = serve.get_replica_context()
@@ -126,37 +233,18 @@ class Gateway:
 
     @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(self, body: CompletionRequest) -> CompletionResponse:
-        t0 = time.perf_counter()
-        name = self._route(body.model)
-        status = "200"
-        try:
+        async with self._observe("/v1/completions", body.model):
+            name, _ = await self._route(body.model, ("lm",))
             if body.max_tokens > self.max_tokens_limit:
                 raise APIError(
                     422,
                     f"max_tokens must be <= {self.max_tokens_limit}, got {body.max_tokens}",
                     "max_tokens",
                 )
-            card = await self._card(name)
-            if card["family"] != "lm":
-                raise APIError(
-                    400,
-                    f"model {name!r} is a {card['family']} model, not a language model",
-                    "model",
-                )
             try:
                 out = await self.models[name].complete.remote(body.model_dump())
             except PromptTooLong as exc:  # Ray re-raises the replica's error as a subclass of it
                 raise APIError(400, str(getattr(exc, "cause", exc)), "max_tokens") from None
-        except APIError as exc:
-            status = str(exc.status)
-            raise
-        finally:
-            metrics.requests_total().inc(
-                tags={"route": "/v1/completions", "model": name, "status": status}
-            )
-            metrics.request_latency_s().observe(
-                time.perf_counter() - t0, tags={"route": "/v1/completions", "model": name}
-            )
         return CompletionResponse(
             id=f"cmpl-{uuid.uuid4().hex[:24]}",
             created=int(time.time()),
@@ -169,49 +257,71 @@ class Gateway:
             },
         )
 
-    def _route(self, model: str | None) -> str:
-        if model is None:
-            if len(self.models) == 1:
-                return next(iter(self.models))
-            raise APIError(
-                422, f"model is required when several are served ({sorted(self.models)})", "model"
+    @app.post("/v1/images/generations", response_model=ImagesResponse)
+    async def image_generations(self, body: ImageGenerationRequest) -> ImagesResponse:
+        async with self._observe("/v1/images/generations", body.model):
+            name, card = await self._route(body.model, ("gan", "vae"))
+            side = card["image_size"]
+            if body.size is not None and body.size != f"{side}x{side}":
+                raise APIError(
+                    422, f"size must be {side}x{side} for model {name!r}, got {body.size!r}", "size"
+                )
+            label = _class_from_prompt(body.prompt, card) if card["conditional"] else None
+            images = await self.models[name].generate.remote(
+                {"n": body.n, "seed": body.seed, "label": label}
             )
-        if model not in self.models:
-            raise APIError(
-                404,
-                f"model {model!r} is not served; GET /v1/models lists them",
-                "model",
-                "not_found",
-            )
-        return model
+        return ImagesResponse(created=int(time.time()), data=[{"b64_json": b} for b in images])
+
+    @app.post("/v1/vae/reconstruct", response_model=ImagesResponse)
+    async def vae_reconstruct(self, body: ReconstructRequest) -> ImagesResponse:
+        async with self._observe("/v1/vae/reconstruct", body.model):
+            name, card = await self._route(body.model, ("vae",))
+            arrays = [_decode(b, card, f"images[{i}]") for i, b in enumerate(body.images)]
+            images = await self.models[name].reconstruct.remote(arrays)
+        return ImagesResponse(created=int(time.time()), data=[{"b64_json": b} for b in images])
+
+    @app.post("/v1/vae/interpolate", response_model=ImagesResponse)
+    async def vae_interpolate(self, body: InterpolateRequest) -> ImagesResponse:
+        async with self._observe("/v1/vae/interpolate", body.model):
+            name, card = await self._route(body.model, ("vae",))
+            a, b = _decode(body.image_a, card, "image_a"), _decode(body.image_b, card, "image_b")
+            images = await self.models[name].interpolate.remote(a, b, body.steps)
+        return ImagesResponse(created=int(time.time()), data=[{"b64_json": b} for b in images])
 
 
 def build_app(spec: ServeSpec, checkpoints: list[str | Path], api_keys: list[str] | None = None):
     """One deployment per checkpoint (named by its meta.json ``name``) behind one gateway."""
     if not checkpoints:
         raise ValueError("no checkpoints to serve")
+    a = spec.autoscaling
+    options = {
+        "ray_actor_options": {"num_cpus": spec.num_cpus},
+        "max_ongoing_requests": spec.max_ongoing_requests,
+        "autoscaling_config": {
+            "min_replicas": a.min_replicas,
+            "initial_replicas": max(1, a.min_replicas),
+            "max_replicas": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "downscale_delay_s": a.downscale_delay_s,
+            "look_back_period_s": a.look_back_period_s,
+        },
+    }
     models: dict[str, Any] = {}
     for path in checkpoints:
         directory = resolve(path)
         meta = read_meta(directory)
-        name = meta["name"]
+        name, family = meta["name"], meta.get("family")
         if name in models:
             raise ValueError(f"two checkpoints are named {name!r}; model ids must be unique")
-        a = spec.autoscaling
-        models[name] = LanguageModel.options(
-            name=f"lm-{name}",
-            ray_actor_options={"num_cpus": spec.num_cpus},
-            max_ongoing_requests=spec.max_ongoing_requests,
-            autoscaling_config={
-                "min_replicas": a.min_replicas,
-                "initial_replicas": max(1, a.min_replicas),
-                "max_replicas": a.max_replicas,
-                "target_ongoing_requests": a.target_ongoing_requests,
-                "upscale_delay_s": a.upscale_delay_s,
-                "downscale_delay_s": a.downscale_delay_s,
-                "look_back_period_s": a.look_back_period_s,
-            },
-        ).bind(str(directory))
+        if family == "lm":
+            models[name] = LanguageModel.options(name=f"lm-{name}", **options).bind(str(directory))
+        elif family in ("gan", "vae"):
+            models[name] = ImageModel.options(name=f"{family}-{name}", **options).bind(
+                str(directory), spec.max_batch_size, spec.batch_wait_timeout_s
+            )
+        else:
+            raise ValueError(f"{directory}: unknown model family {family!r}")
     settings = {
         "max_tokens_limit": spec.max_tokens_limit,
         "max_body_bytes": spec.max_body_bytes,

@@ -47,3 +47,34 @@ def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> LoadedLM:
     model.eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
     return LoadedLM(name=meta["name"], path=directory, meta=meta, model=model, tokenizer=tokenizer)
+
+
+@dataclass
+class LoadedImageModel:
+    name: str
+    path: Path
+    meta: dict[str, Any]
+    model: torch.nn.Module  # Generator (GAN) or VAE
+
+    @property
+    def family(self) -> str:
+        return self.meta["family"]
+
+
+def load_image_model(path: str | Path) -> LoadedImageModel:
+    """A GAN's generator or a VAE, rebuilt from ``meta.json``'s model_config + safetensors."""
+    from genai.models.gan import GANConfig, Generator
+    from genai.models.vae import VAE, VAEConfig
+
+    directory = resolve(path)
+    meta = read_meta(directory)
+    family = meta.get("family")
+    if family == "gan":
+        model: torch.nn.Module = Generator(GANConfig(**meta["model_config"]))
+    elif family == "vae":
+        model = VAE(VAEConfig(**meta["model_config"]))
+    else:
+        raise ValueError(f"{directory} holds a {family!r} model, not an image model")
+    state = load_file(directory / WEIGHTS)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return LoadedImageModel(name=meta["name"], path=directory, meta=meta, model=model.eval())

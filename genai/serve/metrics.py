@@ -37,3 +37,12 @@ def tokens_total() -> metrics.Counter:
         description="prompt and completion tokens processed",
         tag_keys=("model", "kind"),
     )
+
+
+@cache
+def images_total() -> metrics.Counter:
+    return metrics.Counter(
+        "genai_images_total",
+        description="images generated, reconstructed or interpolated",
+        tag_keys=("model", "route"),
+    )

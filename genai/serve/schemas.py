@@ -64,6 +64,10 @@ class ModelCard(BaseModel):
     family: str
     step: int
     context_length: int | None = None
+    image_size: int | None = None
+    channels: int | None = None
+    conditional: bool | None = None
+    class_names: list[str] | None = None
 
 
 class ModelList(BaseModel):
@@ -80,3 +84,48 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# An image is a base64-encoded PNG/JPEG; 200 kB of base64 is far beyond a 64x64 image.
+B64Image = Annotated[str, Field(min_length=4, max_length=200_000)]
+
+
+class ImageGenerationRequest(BaseModel):
+    """OpenAI's images shape. Clients always send ``prompt``: unconditional models ignore it;
+    class-conditional ones read the class from it (``"7"`` or a class name)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(None, max_length=128)
+    prompt: str = Field("", max_length=1000)
+    n: int = Field(1, ge=1, le=64)
+    response_format: Literal["b64_json"] = "b64_json"
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    size: str | None = Field(
+        None, max_length=16, description="'SxS'; must match the model if given"
+    )
+
+
+class ReconstructRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(None, max_length=128)
+    images: list[B64Image] = Field(min_length=1, max_length=64)
+
+
+class InterpolateRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    model: str | None = Field(None, max_length=128)
+    image_a: B64Image
+    image_b: B64Image
+    steps: int = Field(8, ge=2, le=64)
+
+
+class ImageDatum(BaseModel):
+    b64_json: str
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[ImageDatum]

@@ -86,19 +86,27 @@ class Engine:
     """A DeepSpeed engine with the few verbs the loops need."""
 
     def __init__(
-        self, model: torch.nn.Module, ds: DeepSpeedSpec, train: TrainSpec, world_size: int
+        self,
+        model: torch.nn.Module,
+        ds: DeepSpeedSpec,
+        train: TrainSpec,
+        world_size: int,
+        *,
+        lr: float | None = None,
+        betas: tuple[float, float] | None = None,
+        weight_decay: float | None = None,
     ):
+        """AdamW from ``train`` (lr, betas, weight decay on matrices only), unless overridden
+        (a GAN's two engines each have their own)."""
         self.config = deepspeed_config(ds, train, world_size)
         self.zero_stage = ds.zero_stage
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        wd = train.weight_decay if weight_decay is None else weight_decay
+        decay = [p for p in model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.ndim < 2]
         optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": train.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=train.lr,
-            betas=(train.beta1, train.beta2),
+            [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=train.lr if lr is None else lr,
+            betas=betas or (train.beta1, train.beta2),
             fused=torch.cuda.is_available(),
         )
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
@@ -128,6 +136,14 @@ class Engine:
 
     def train(self, mode: bool = True) -> None:
         self.ds_engine.train(mode)
+
+    def forward_module(self) -> torch.nn.Module:
+        """What to call for a forward *inside another engine's backward* (a GAN's G step).
+
+        Under ZeRO 0-2 the plain module: the engine's hooks would run inside the other
+        engine's backward and fail. Under ZeRO-3 the engine: it must gather its partitioned
+        parameters (FACTS.md: the one combination that worked at every stage)."""
+        return self.ds_engine if self.zero_stage == 3 else self.ds_engine.module
 
     @property
     def lr(self) -> float:

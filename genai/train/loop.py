@@ -22,8 +22,9 @@ import torch.distributed as dist
 
 from genai import __version__
 from genai.config import JobSpec
+from genai.pictures import save_curves
 from genai.train import checkpoint as ckpt
-from genai.train.tasks import LMTask
+from genai.train.tasks import make_task
 
 
 def _barrier() -> None:
@@ -54,25 +55,30 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
 
     # 2. data + model + DeepSpeed engine(s)
-    task = LMTask(spec, config["data"], rank, world)
+    task = make_task(spec, config["data"], rank, world)
     say(
-        f"{task.n_params / 1e6:.2f}M parameters, {world} workers, ZeRO-{spec.deepspeed.zero_stage} "
-        f"{spec.deepspeed.precision}, {task.tokens_per_step:,} tokens/step"
+        f"{task.describe()}; {world} workers, ZeRO-{spec.deepspeed.zero_stage} {spec.deepspeed.precision}"
     )
     root = Path(config["checkpoint_root"])
-    history: list[dict[str, float]] = []
+    history: list[dict[str, float]] = []  # evaluations
+    curves: list[dict[str, float]] = []  # every logged step, for curves.png
+    rate_key = f"{task.unit}_per_s"
 
     # 3. resume
     start = 0
     if config.get("resume_from"):
         src = Path(config["resume_from"])
-        state = {}
-        for name, engine in task.engines.items():
-            state = engine.load(
-                src / ckpt.DS_DIR / name, tag=ckpt.step_name(ckpt.read_meta(src)["step"])
-            )
+        tag = ckpt.step_name(ckpt.read_meta(src)["step"])
+        steps = {
+            name: int(engine.load(src / ckpt.DS_DIR / name, tag=tag)["step"])
+            for name, engine in task.engines.items()
+        }
+        if len(set(steps.values())) != 1:  # a GAN's two engines must resume together
+            raise ckpt.CheckpointError(f"{src}: engines saved at different steps {steps}")
+        state = {"step": next(iter(steps.values()))}
         start = int(state["step"])
         history = list(ckpt.read_meta(src).get("history", []))
+        curves = list(ckpt.read_meta(src).get("curves", []))
         say(f"resumed from {src} at step {start}")
 
     def save(step: int, metrics: dict[str, float]) -> Path:
@@ -86,8 +92,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 staging / ckpt.DS_DIR / name, tag=ckpt.step_name(step), client_state={"step": step}
             )
         export = task.export(staging)
+        pictures = task.pictures(staging, step)
         _barrier()
         if rank == 0:
+            if curves:
+                pictures.append(
+                    save_curves(
+                        curves, staging / "curves.png", f"{spec.name} ({spec.model.family})"
+                    )
+                )
             _check_shared_storage(staging, world, spec.deepspeed.zero_stage)
             ckpt.write_meta(
                 staging,
@@ -97,9 +110,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     "step": step,
                     "metrics": metrics,
                     "history": history,
+                    "curves": curves,
+                    "pictures": [p.name for p in pictures],
                     "spec": spec.model_dump(mode="json"),
                     "spec_hash": spec.spec_hash(),
-                    "deepspeed_config": task.engine.config,
+                    "deepspeed_config": {n: e.config for n, e in task.engines.items()},
                     "world_size": world,
                     "n_params": task.n_params,
                     "versions": _versions(),
@@ -109,6 +124,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             final = ckpt.commit(staging, root, step, spec.checkpoint.keep)
             say(f"checkpoint {final}")
+            for name in sorted(p.name for p in pictures):
+                say(f"  picture {final / name}")
         _barrier()
         return root / ckpt.step_name(step)
 
@@ -116,7 +133,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     t = spec.train
     if start == 0:
         history.append({"step": 0, **task.evaluate()})
-        say(f"step 0 val_loss {history[-1]['val_loss']:.4f}")
+        say(f"step 0 {_fmt(history[-1])}")
     window_t, window_steps, first_step_at = time.perf_counter(), 0, None
     metrics: dict[str, float] = {}
     for step in range(start, t.max_steps):
@@ -134,18 +151,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             elapsed = time.perf_counter() - window_t
             metrics = {
                 "step": done,
-                "lr": task.engine.lr,
-                "tokens_per_s": window_steps * task.tokens_per_step / elapsed,
+                "lr": task.lr,
+                rate_key: window_steps * task.items_per_step / elapsed,
                 "time_to_first_step_s": first_step_at - config["t_submit"],
                 **out,
             }
+            evaluation = task.evaluate() if evaluate else {}
             if evaluate:
-                metrics.update(task.evaluate())
-                history.append({"step": done, "val_loss": metrics["val_loss"]})
+                metrics.update(evaluation)
+                history.append({"step": done, **evaluation})
+            curves.append({"step": done, **out, **evaluation})
             say(
-                f"step {done}/{t.max_steps} loss {out['loss']:.4f}"
-                + (f" val_loss {metrics['val_loss']:.4f}" if evaluate else "")
-                + f" lr {metrics['lr']:.2e} {metrics['tokens_per_s']:,.0f} tok/s"
+                f"step {done}/{t.max_steps} {_fmt(out)}"
+                + (f" | {_fmt(evaluation)}" if evaluate else "")
+                + f" | lr {metrics['lr']:.2e} {metrics[rate_key]:,.0f} {'tok' if task.unit == 'tokens' else 'img'}/s"
             )
             window_t, window_steps = time.perf_counter(), 0
         every = spec.checkpoint.every_steps
@@ -156,6 +175,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         if done % t.log_every == 0 or evaluate:
             window_t = time.perf_counter()  # do not count checkpoint time as training time
+
+
+def _fmt(metrics: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k != "step")
 
 
 def _check_shared_storage(staging: Path, world: int, zero_stage: int) -> None:

@@ -1,0 +1,110 @@
+"""The image-model deployment: a GAN generator or a VAE, one per checkpoint.
+
+Generation requests are batched with ``@serve.batch``: concurrent requests are
+stacked into one forward pass, each keeping its own seed, count and class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import random
+import threading
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+
+from genai.pictures import png_bytes
+from genai.serve import metrics
+from genai.serve.loader import load_image_model
+
+
+def _b64_png(image: torch.Tensor) -> str:
+    return base64.b64encode(png_bytes(image)).decode()
+
+
+@serve.deployment
+class ImageModel:
+    def __init__(
+        self, checkpoint: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01
+    ) -> None:
+        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.m = load_image_model(checkpoint)
+        self.cfg = self.m.model.cfg
+        self._lock = threading.Lock()
+        self._generate_batch.set_max_batch_size(max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "id": self.m.name,
+            "family": self.m.family,
+            "step": self.m.meta["step"],
+            "created": int(self.m.path.stat().st_mtime),
+            "image_size": self.cfg.image_size,
+            "channels": self.cfg.channels,
+            "conditional": bool(getattr(self.cfg, "conditional", False)),
+            # unnamed classes (Parquet labels) are called by their index
+            "class_names": self.m.meta.get("class_names")
+            or [str(i) for i in range(getattr(self.cfg, "num_classes", 0))],
+        }
+
+    async def generate(self, req: dict[str, Any]) -> list[str]:
+        """``req``: n, seed (or None), label (or None: random classes) -> base64 PNGs."""
+        return await self._generate_batch(req)
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _generate_batch(self, reqs: list[dict[str, Any]]) -> list[list[str]]:
+        return await asyncio.to_thread(self._generate_many, reqs)
+
+    def _generate_many(self, reqs: list[dict[str, Any]]) -> list[list[str]]:
+        zs, labels = [], []
+        for r in reqs:
+            gen = torch.Generator().manual_seed(
+                r["seed"] if r.get("seed") is not None else random.getrandbits(62)
+            )
+            zs.append(torch.randn(r["n"], self.cfg.latent_dim, generator=gen))
+            if getattr(self.cfg, "conditional", False):
+                lab = r.get("label")
+                labels.append(
+                    torch.full((r["n"],), lab)
+                    if lab is not None
+                    else torch.randint(0, self.cfg.num_classes, (r["n"],), generator=gen)
+                )
+        z = torch.cat(zs)  # one forward for every request in the batch
+        with self._lock, torch.inference_mode():
+            if self.m.family == "gan":
+                images = (self.m.model(z, torch.cat(labels) if labels else None) + 1) / 2
+            else:
+                images = self.m.model.mean_image(z)
+        out, i = [], 0
+        for r in reqs:
+            out.append([_b64_png(img) for img in images[i : i + r["n"]]])
+            i += r["n"]
+        metrics.images_total().inc(len(z), tags={"model": self.m.name, "route": "generations"})
+        return out
+
+    def _to_unit(self, images: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(images)).float() / 255.0  # (N, C, S, S) in [0, 1]
+
+    async def reconstruct(self, images: list[np.ndarray]) -> list[str]:
+        def run() -> list[str]:
+            with self._lock, torch.inference_mode():
+                out = self.m.model.reconstruct(self._to_unit(images))
+            return [_b64_png(x) for x in out]
+
+        metrics.images_total().inc(len(images), tags={"model": self.m.name, "route": "reconstruct"})
+        return await asyncio.to_thread(run)
+
+    async def interpolate(self, a: np.ndarray, b: np.ndarray, steps: int) -> list[str]:
+        def run() -> list[str]:
+            x = self._to_unit([a, b])
+            with self._lock, torch.inference_mode():
+                out = self.m.model.interpolate(x[0], x[1], steps)
+            return [_b64_png(img) for img in out]
+
+        metrics.images_total().inc(steps, tags={"model": self.m.name, "route": "interpolate"})
+        return await asyncio.to_thread(run)

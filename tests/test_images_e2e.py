@@ -1,0 +1,334 @@
+"""GAN and VAE through the real stack: Ray Train + DeepSpeed, checkpoints, resume, Serve routes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from genai.config import parse_job
+from genai.train import checkpoint as ckpt
+
+pytestmark = pytest.mark.e2e
+
+GAN = {
+    "name": "tiny-gan",
+    "model": {"family": "gan", "conditional": True, "g_width": 8, "d_width": 8, "latent_dim": 8},
+    "gan": {"eval_samples": 200},
+    "train": {
+        "max_steps": 6,
+        "micro_batch_size": 32,
+        "warmup_steps": 1,
+        "log_every": 2,
+        "eval_every": 3,
+    },
+    "deepspeed": {"zero_stage": 2, "precision": "fp32"},
+    "scaling": {"num_workers": 2},
+    "checkpoint": {"every_steps": 3, "keep": 2},
+}
+VAE = {
+    "name": "tiny-vae",
+    "model": {"family": "vae", "width": 8, "latent_dim": 4},
+    "vae": {"iw_samples": 8, "eval_images": 32, "kl_warmup_steps": 2},
+    "train": {
+        "max_steps": 6,
+        "micro_batch_size": 32,
+        "warmup_steps": 1,
+        "log_every": 2,
+        "eval_every": 3,
+    },
+    "deepspeed": {"zero_stage": 3, "precision": "fp32"},
+    "scaling": {"num_workers": 2},
+    "checkpoint": {"every_steps": 3, "keep": 2},
+}
+
+
+def _spec(raw: dict, tmp, cache_dir) -> dict:
+    return {
+        **raw,
+        "data": {"source": "digits", "cache_dir": str(cache_dir)},
+        "checkpoint": {**raw["checkpoint"], "dir": str(tmp / raw["name"])},
+    }
+
+
+@pytest.fixture(scope="module")
+def image_checkpoints(ray_session, tmp_path_factory, cache_dir):
+    from genai.train.run import train
+
+    tmp = tmp_path_factory.mktemp("images")
+    return {raw["name"]: train(parse_job(_spec(raw, tmp, cache_dir))) for raw in (GAN, VAE)}
+
+
+def test_gan_checkpoint_holds_both_engines_metrics_and_pictures(image_checkpoints):
+    path = image_checkpoints["tiny-gan"]
+    meta = ckpt.read_meta(path)
+    assert (
+        meta["family"] == "gan"
+        and meta["step"] == 6
+        and meta["class_names"] == [str(i) for i in range(10)]
+    )
+    assert set(meta["deepspeed_config"]) == {"generator", "discriminator"}
+    for engine in ("generator", "discriminator"):
+        assert (path / "deepspeed" / engine / "latest").read_text().strip() == "step-000006"
+    assert (path / "model.safetensors").is_file() and (path / "discriminator.safetensors").is_file()
+    first, last = meta["history"][0], meta["history"][-1]
+    assert {
+        "fd",
+        "classes_covered",
+        "cond_accuracy",
+        "real_fd_floor",
+        "classifier_accuracy",
+    } <= set(last)
+    assert last["classifier_accuracy"] > 0.9 and 0 < last["real_fd_floor"] < first["fd"]
+    for name in ("samples.png", "curves.png"):
+        with Image.open(path / name) as img:
+            assert img.width > 100
+    assert meta["pictures"] == ["samples.png", "curves.png"]
+
+
+def test_vae_zero3_reports_bounds_in_nats(image_checkpoints):
+    meta = ckpt.read_meta(image_checkpoints["tiny-vae"])
+    assert meta["deepspeed_config"]["vae"]["zero_optimization"]["stage"] == 3
+    first, last = meta["history"][0], meta["history"][-1]
+    assert last["val_neg_elbo"] < first["val_neg_elbo"]  # it learns, even in 6 steps
+    # (IW <= ELBO on the same images is tested in test_images; here they use different subsets)
+    assert np.isfinite(last["val_iw8_bound"]) and last["val_iw8_bound"] < first["val_iw8_bound"]
+    assert np.isfinite(last["baseline_gaussian_nll"])
+    assert {"samples.png", "reconstructions.png", "curves.png"} == set(meta["pictures"])
+
+
+def test_gan_killed_and_resumed_continues_both_engines(tmp_path, cache_dir):
+    raw = _spec(GAN, tmp_path, cache_dir)
+    raw = {
+        **raw,
+        "name": "gan-kill",
+        "train": {**raw["train"], "max_steps": 2000, "log_every": 50, "eval_every": 1000},
+        "checkpoint": {**raw["checkpoint"], "every_steps": 10},
+    }
+    spec_path = tmp_path / "gan.json"
+    spec_path.write_text(json.dumps(raw))
+    root = parse_job(raw).checkpoint_dir
+    cmd = [sys.executable, "-m", "genai.cli", "train", str(spec_path)]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        deadline = time.time() + 240
+        while ckpt.find_latest(root) is None and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert ckpt.find_latest(root) is not None
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before it could be killed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    time.sleep(3)
+    killed_at = ckpt.read_meta(ckpt.find_latest(root))["step"]
+    r = subprocess.run(
+        [*cmd, "--resume", "--set", f"train.max_steps={killed_at + 10}"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"at step {killed_at}" in r.stdout + r.stderr
+    final = ckpt.find_latest(root)
+    assert ckpt.read_meta(final)["step"] == killed_at + 10
+    for engine in ("generator", "discriminator"):  # both engines saved at the same, continued step
+        assert (final / "deepspeed" / engine / "latest").read_text().strip() == ckpt.step_name(
+            killed_at + 10
+        )
+
+
+def _png_b64(arr: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def all_served(image_checkpoints, zero3_checkpoint):
+    """LM, GAN and VAE in one Serve application."""
+    from ray import serve
+
+    from genai.config import ServeSpec
+    from genai.serve.app import build_app
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    ckpts = [zero3_checkpoint, image_checkpoints["tiny-gan"], image_checkpoints["tiny-vae"]]
+    serve.run(
+        build_app(ServeSpec(port=port), ckpts),
+        name="genai-images",
+        route_prefix="/",
+        blocking=False,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    yield client
+    client.close()
+    serve.delete("genai-images")
+
+
+def _images(r: httpx.Response) -> list[np.ndarray]:
+    assert r.status_code == 200, r.text
+    out = []
+    for item in r.json()["data"]:
+        with Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))) as img:
+            out.append(np.asarray(img))
+    return out
+
+
+def test_every_route_over_http(all_served):
+    c = all_served
+    models = {m["id"]: m for m in c.get("/v1/models").json()["data"]}
+    assert {m["family"] for m in models.values()} == {"lm", "gan", "vae"}
+    assert models["tiny-gan"]["conditional"] is True and models["tiny-gan"]["image_size"] == 8
+    # GAN: OpenAI images shape; the prompt picks the class; the seed fixes the images
+    sevens = _images(
+        c.post(
+            "/v1/images/generations", json={"model": "tiny-gan", "prompt": "7", "n": 4, "seed": 1}
+        )
+    )
+    assert len(sevens) == 4 and sevens[0].shape == (8, 8)
+    again = _images(
+        c.post(
+            "/v1/images/generations", json={"model": "tiny-gan", "prompt": "7", "n": 4, "seed": 1}
+        )
+    )
+    threes = _images(
+        c.post(
+            "/v1/images/generations", json={"model": "tiny-gan", "prompt": "3", "n": 4, "seed": 1}
+        )
+    )
+    assert all(np.array_equal(a, b) for a, b in zip(sevens, again, strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(sevens, threes, strict=True))
+    # VAE: prior samples (prompt accepted and ignored), reconstruct, interpolate
+    assert (
+        len(
+            _images(
+                c.post(
+                    "/v1/images/generations",
+                    json={"model": "tiny-vae", "prompt": "anything", "n": 3},
+                )
+            )
+        )
+        == 3
+    )
+    digit = (np.arange(64).reshape(8, 8) * 4).astype(np.uint8)
+    recon = _images(
+        c.post("/v1/vae/reconstruct", json={"model": "tiny-vae", "images": [_png_b64(digit)] * 2})
+    )
+    assert len(recon) == 2 and recon[0].shape == (8, 8)
+    path = _images(
+        c.post(
+            "/v1/vae/interpolate",
+            json={
+                "model": "tiny-vae",
+                "image_a": _png_b64(digit),
+                "image_b": _png_b64(255 - digit),
+                "steps": 5,
+            },
+        )
+    )
+    assert len(path) == 5
+    # the LM still answers in the same application
+    assert (
+        c.post(
+            "/v1/completions", json={"model": "tiny-z3", "prompt": "x", "max_tokens": 2}
+        ).status_code
+        == 200
+    )
+
+
+def test_concurrent_generations_are_batched_and_each_keeps_its_seed(all_served):
+    import concurrent.futures as cf
+
+    c = all_served
+    bodies = [{"model": "tiny-gan", "prompt": str(i % 10), "n": 2, "seed": i} for i in range(8)]
+    with cf.ThreadPoolExecutor(8) as pool:
+        together = list(
+            pool.map(lambda b: _images(c.post("/v1/images/generations", json=b)), bodies)
+        )
+    alone = [_images(c.post("/v1/images/generations", json=b)) for b in bodies[:3]]
+    for a, b in zip(alone, together[:3], strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "status", "param"),
+    [
+        ("/v1/images/generations", {"model": "tiny-gan", "prompt": "7", "n": 0}, 422, "n"),
+        ("/v1/images/generations", {"model": "tiny-gan", "prompt": "7", "n": 65}, 422, "n"),
+        ("/v1/images/generations", {"model": "tiny-gan", "prompt": "7", "n": "2"}, 422, "n"),
+        ("/v1/images/generations", {"model": "tiny-gan", "prompt": "cat"}, 422, "prompt"),
+        (
+            "/v1/images/generations",
+            {"model": "tiny-gan", "prompt": "7", "response_format": "url"},
+            422,
+            "response_format",
+        ),
+        (
+            "/v1/images/generations",
+            {"model": "tiny-gan", "prompt": "7", "size": "64x64"},
+            422,
+            "size",
+        ),
+        ("/v1/images/generations", {"model": "tiny-z3", "prompt": "7"}, 400, "model"),
+        ("/v1/images/generations", {"prompt": "7"}, 422, "model"),  # two image models are served
+        ("/v1/completions", {"model": "tiny-gan", "prompt": "x"}, 400, "model"),
+        ("/v1/vae/reconstruct", {"model": "tiny-gan", "images": ["AAAA"]}, 400, "model"),
+        ("/v1/vae/reconstruct", {"model": "tiny-vae", "images": ["not base64!"]}, 422, "images"),
+        (
+            "/v1/vae/reconstruct",
+            {"model": "tiny-vae", "images": [base64.b64encode(b"GIF89a junk").decode()]},
+            422,
+            "images",
+        ),
+        ("/v1/vae/reconstruct", {"model": "tiny-vae", "images": []}, 422, "images"),
+        ("/v1/vae/reconstruct", {"model": "tiny-vae", "images": ["AAAA"] * 65}, 422, "images"),
+        (
+            "/v1/vae/interpolate",
+            {"model": "tiny-vae", "image_a": "AAAA", "image_b": "AAAA", "steps": 1},
+            422,
+            "steps",
+        ),
+        ("/v1/vae/interpolate", {"model": "tiny-vae", "image_b": "AAAA"}, 422, "image_a"),
+    ],
+)
+def test_bad_image_requests_get_4xx_naming_the_field(all_served, route, body, status, param):
+    c = all_served
+    r = c.post(route, json=body)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["param"] == param
+    ok = c.post("/v1/images/generations", json={"model": "tiny-gan", "prompt": "1", "n": 1})
+    assert ok.status_code == 200  # the replicas are alive and well
+
+
+def test_wrong_image_size_is_named(all_served):
+    big = _png_b64(np.zeros((16, 16), np.uint8))
+    r = all_served.post(
+        "/v1/vae/reconstruct",
+        json={"model": "tiny-vae", "images": [_png_b64(np.zeros((8, 8), np.uint8)), big]},
+    )
+    assert r.status_code == 422
+    assert (
+        "images[1] is 16x16" in r.json()["error"]["message"]
+        and r.json()["error"]["param"] == "images"
+    )
