@@ -21,6 +21,7 @@ from ray import serve
 from genai import cluster
 from genai.config import ServeSpec, load_job
 from genai.pictures import png_bytes, save_grid
+from genai.quality import load_classifier
 from genai.serve.run import start
 from genai.train.checkpoint import read_meta
 from genai.train.run import train
@@ -95,15 +96,27 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
                 for digit in range(10):
                     r = client.post(
                         "/v1/images/generations",
-                        json={"model": "gan-digits", "prompt": str(digit), "n": 10, "seed": digit},
+                        json={"model": "gan-digits", "prompt": str(digit), "n": 64, "seed": digit},
                     )
                     r.raise_for_status()
                     rows.append(_decode_pngs(r.json()["data"]))
-                path = save_grid(torch.cat(rows), out_dir / "gan-digits-by-prompt.png", cols=10)
+                grid = torch.cat([row[:10] for row in rows])
+                path = save_grid(grid, out_dir / "gan-digits-by-prompt.png", cols=10)
                 log(
-                    f"\nPOST /v1/images/generations gan-digits, prompt '0'..'9' (a row each): {path}"
+                    f"\nPOST /v1/images/generations gan-digits, prompts '0'..'9' (a row each): {path}"
                 )
                 result["pictures"].append(path)
+                # does prompt "7" give sevens? The quality classifier (trained on real digits) says.
+                clf = load_classifier(metas["gan-digits"]["classifier_path"])
+                rates = {
+                    str(d): float((clf.predict(row) == d).float().mean())
+                    for d, row in enumerate(rows)
+                }
+                result["prompt_class_rates"] = rates
+                log(
+                    "share of 64 images per prompt that the digits classifier labels as the prompt: "
+                    + ", ".join(f"'{d}' {r:.0%}" for d, r in rates.items())
+                )
 
                 r = client.post(
                     "/v1/images/generations",

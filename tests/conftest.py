@@ -31,6 +31,19 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def serve_url(ray_session):
+    """Ray Serve's HTTP proxy, started once: its port cannot change while Serve runs."""
+    from ray import serve
+
+    from tests.support import free_port
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     """A small code corpus: a few standard-library packages copied to a local dir."""
     src = Path(sysconfig.get_paths()["stdlib"])

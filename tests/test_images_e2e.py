@@ -5,12 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import numpy as np
@@ -19,6 +13,7 @@ from PIL import Image
 
 from genai.config import parse_job
 from genai.train import checkpoint as ckpt
+from tests.support import kill_after_first_checkpoint, resume
 
 pytestmark = pytest.mark.e2e
 
@@ -119,29 +114,8 @@ def test_gan_killed_and_resumed_continues_both_engines(tmp_path, cache_dir):
     spec_path = tmp_path / "gan.json"
     spec_path.write_text(json.dumps(raw))
     root = parse_job(raw).checkpoint_dir
-    cmd = [sys.executable, "-m", "genai.cli", "train", str(spec_path)]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.time() + 240
-        while ckpt.find_latest(root) is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert ckpt.find_latest(root) is not None
-        time.sleep(1.0)
-        assert proc.poll() is None, "the run ended before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    time.sleep(3)
-    killed_at = ckpt.read_meta(ckpt.find_latest(root))["step"]
-    r = subprocess.run(
-        [*cmd, "--resume", "--set", f"train.max_steps={killed_at + 10}"],
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    cmd, killed_at = kill_after_first_checkpoint(spec_path, root)
+    r = resume(cmd, killed_at + 10)
     assert f"at step {killed_at}" in r.stdout + r.stderr
     final = ckpt.find_latest(root)
     assert ckpt.read_meta(final)["step"] == killed_at + 10
@@ -157,30 +131,22 @@ def _png_b64(arr: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def all_served(image_checkpoints, zero3_checkpoint):
+def all_served(serve_url, image_checkpoints, zero3_checkpoint):
     """LM, GAN and VAE in one Serve application."""
     from ray import serve
 
     from genai.config import ServeSpec
     from genai.serve.app import build_app
 
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     ckpts = [zero3_checkpoint, image_checkpoints["tiny-gan"], image_checkpoints["tiny-vae"]]
     serve.run(
-        build_app(ServeSpec(port=port), ckpts),
+        build_app(ServeSpec(), ckpts),
         name="genai-images",
         route_prefix="/",
         blocking=False,
     )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    client = httpx.Client(base_url=serve_url, timeout=60)
     yield client
     client.close()
     serve.delete("genai-images")

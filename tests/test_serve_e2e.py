@@ -6,7 +6,6 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support import free_port
+
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Boom:
@@ -35,7 +30,7 @@ class _Boom:
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, zero3_checkpoint, tmp_path_factory):
+def served(serve_url, zero3_checkpoint, tmp_path_factory):
     """The ZeRO-3 checkpoint, with a booby-trapped pickle beside it, served with API keys."""
     from ray import serve
 
@@ -48,18 +43,14 @@ def served(ray_session, zero3_checkpoint, tmp_path_factory):
     for name in ("pytorch_model.bin", "training_args.bin", "optimizer.pt"):
         (ckpt / name).write_bytes(pickle.dumps(_Boom(str(marker))))
 
-    port = _free_port()
-    spec = ServeSpec(port=port, max_tokens_limit=64, max_body_bytes=20_000)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    spec = ServeSpec(max_tokens_limit=64, max_body_bytes=20_000)
     serve.run(
         build_app(spec, [ckpt], api_keys=["k1", "k2"]),
         name="genai-test",
         route_prefix="/",
         blocking=False,
     )
-    client = httpx.Client(
-        base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Authorization": "Bearer k2"}
-    )
+    client = httpx.Client(base_url=serve_url, timeout=60, headers={"Authorization": "Bearer k2"})
     yield client, marker
     client.close()
     serve.delete("genai-test")
@@ -182,7 +173,7 @@ def test_api_keys_are_enforced(served):
 
 def test_genai_serve_cli_query_and_sigterm(zero3_checkpoint, tmp_path):
     """`genai serve` in the foreground, `genai query` against it, SIGTERM shuts both Serve and Ray down."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     log = (tmp_path / "serve.log").open("w")

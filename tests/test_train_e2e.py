@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
@@ -15,6 +11,7 @@ from safetensors.torch import load_file
 
 from genai.config import parse_job
 from genai.train import checkpoint as ckpt
+from tests.support import kill_after_first_checkpoint, resume
 
 pytestmark = pytest.mark.e2e
 
@@ -106,34 +103,37 @@ def test_sigkill_of_the_driver_then_resume(tmp_path, tiny_raw):
     spec_path = tmp_path / "job.json"
     spec_path.write_text(json.dumps(raw))  # JSON is YAML
     root = parse_job(raw).checkpoint_dir
-    cmd = [sys.executable, "-m", "genai.cli", "train", str(spec_path)]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.time() + 240
-        while ckpt.find_latest(root) is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert ckpt.find_latest(root) is not None, "no checkpoint appeared"
-        time.sleep(1.0)
-        assert proc.poll() is None, "the run ended before it could be killed"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    time.sleep(3)  # let Ray's fate-shared workers exit
-    killed_at = ckpt.read_meta(ckpt.find_latest(root))["step"]
+    cmd, killed_at = kill_after_first_checkpoint(spec_path, root)
     assert 10 <= killed_at < 400
-
-    r = subprocess.run(
-        [*cmd, "--resume", "--set", f"train.max_steps={killed_at + 20}"],
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = resume(cmd, killed_at + 20)
     assert f"at step {killed_at}" in r.stdout + r.stderr
     final = ckpt.find_latest(root)
     assert r.stdout.strip().splitlines()[-1] == f"checkpoint: {final}"
     meta = ckpt.read_meta(final)
     assert meta["step"] == killed_at + 20 and meta["history"][0]["step"] == 0
     assert not any(p.name.startswith(".step-") for p in root.iterdir())  # staging debris cleaned
+
+
+def test_optimizer_offload_and_fine_tuning_a_pretrained_checkpoint(
+    ray_session, tiny_raw, zero3_checkpoint
+):
+    """ZeRO-2 with the optimizer on the CPU, starting from a local from_pretrained dir + its tokenizer."""
+    from genai.train.run import train
+
+    raw = tiny_raw(
+        name="tiny-ft",
+        model={"pretrained_path": str(zero3_checkpoint)},
+        data={"tokenizer": {"path": str(zero3_checkpoint)}},
+        deepspeed={"zero_stage": 2, "offload_optimizer": True},
+        train={"max_steps": 3, "eval_every": 3},
+    )
+    final = train(parse_job(raw))
+    meta = ckpt.read_meta(final)
+    assert (
+        meta["deepspeed_config"]["model"]["zero_optimization"]["offload_optimizer"]["device"]
+        == "cpu"
+    )
+    assert meta["n_params"] == ckpt.read_meta(zero3_checkpoint)["n_params"]
+    # fine-tuning starts from the trained weights, not from scratch: its step-0 loss is the parent's
+    parent_last = ckpt.read_meta(zero3_checkpoint)["history"][-1]["val_loss"]
+    assert meta["history"][0]["val_loss"] < parent_last + 0.5

@@ -87,3 +87,13 @@ def test_top_p_keeps_the_nucleus():
     assert picks == {0}  # top_p 0.5: only the 0.6 token is in the nucleus
     picks = {_sample(logits, 1.0, 0.85, gen) for _ in range(400)}
     assert picks == {0, 1}
+
+
+def test_llama_architecture_builds_and_trains_a_step():
+    spec = ModelSpec(arch="llama", n_layer=2, n_embd=32, n_head=4, n_kv_head=2, max_position=64)
+    model = build_lm(spec, vocab_size=100, eos_id=0)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_key_value_heads == 2
+    ids = torch.randint(0, 100, (2, 16))
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.model.embed_tokens.weight.grad is not None

@@ -24,13 +24,14 @@ def resolve_files(spec: DataSpec) -> list[Path]:
     """The corpus files, in a stable order (the cache key depends on it)."""
     if spec.source == "stdlib":
         root = Path(sysconfig.get_paths()["stdlib"])
-        # test suites and vendored packages are noisy; the rest is idiomatic code
+        # test suites, vendored packages and generated tables (codec maps, pydoc topics)
+        # are noisy; the rest is idiomatic code
         files = [
             p
             for pattern in spec.include
             for p in root.rglob(pattern)
             if not (
-                {"test", "tests", "idlelib", "site-packages", "lib2to3"}
+                {"test", "tests", "idlelib", "site-packages", "lib2to3", "encodings", "pydoc_data"}
                 & set(p.relative_to(root).parts)
             )
         ]

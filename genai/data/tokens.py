@@ -27,6 +27,7 @@ from genai.data.corpus import iter_documents, resolve_files
 
 EOS = "<|endoftext|>"
 FORMAT_VERSION = 1
+_TOKENIZER_FILES = {"vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json"}
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ def _cache_key(spec: DataSpec, files: list[Path]) -> str:
         st = p.stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     if spec.tokenizer.path:
+        # the tokenizer's own files only: the directory may be a whole model checkpoint
         for p in sorted(Path(spec.tokenizer.path).glob("*")):
-            h.update(p.name.encode() + p.read_bytes())
+            if p.is_file() and (p.name.startswith("tokenizer") or p.name in _TOKENIZER_FILES):
+                h.update(p.name.encode() + p.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -134,6 +134,7 @@ def _prepare_data(spec: JobSpec, log) -> dict:
         out.update(
             classifier={k: v.numpy() for k, v in clf.state_dict().items()},
             classifier_accuracy=acc,
+            classifier_path=str(path),
             real_fd_floor=floor,
         )
     if spec.model.family == "vae":

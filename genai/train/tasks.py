@@ -7,6 +7,7 @@ metrics; the loop in ``loop.py`` only sequences them.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +128,13 @@ class ImageTask:
 
     def __init__(self, spec: JobSpec, data: dict[str, Any], rank: int, world_size: int) -> None:
         self.spec, self.rank, self.world_size = spec, rank, world_size
-        self.train_q = torch.from_numpy(np.asarray(_get(data["train_ref"])))
-        self.val_q = torch.from_numpy(np.asarray(_get(data["val_ref"])))
+        self.train_q = _readonly_tensor(_get(data["train_ref"]))
+        self.val_q = _readonly_tensor(_get(data["val_ref"]))
         self.train_y = _tensor_or_none(data.get("train_labels"))
         self.val_y = _tensor_or_none(data.get("val_labels"))
         self.levels, self.num_classes = data["levels"], data["num_classes"]
         self.class_names: list[str] = list(data.get("class_names") or [])
+        self.classifier_path: str | None = data.get("classifier_path")
         self.classifier = None
         if data.get("classifier") is not None:
             self.classifier = Classifier(spec.model.channels, self.num_classes)
@@ -311,6 +313,7 @@ class GANTask(ImageTask):
         return {
             "model_config": self.cfg.to_dict(),
             "class_names": self.class_names,
+            "classifier_path": self.classifier_path,
             "n_tensors": n_g,
             "n_tensors_discriminator": n_d,
         }
@@ -433,8 +436,16 @@ def _get(ref: Any) -> Any:
     return ray.get(ref) if isinstance(ref, ray.ObjectRef) else ref
 
 
+def _readonly_tensor(array: np.ndarray) -> torch.Tensor:
+    # Object-store arrays are read-only views of shared memory; we only ever index them,
+    # so share rather than copy (torch warns about non-writable arrays regardless).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(array))
+
+
 def _tensor_or_none(ref: Any) -> torch.Tensor | None:
-    return None if ref is None else torch.from_numpy(np.asarray(_get(ref)))
+    return None if ref is None else _readonly_tensor(_get(ref))
 
 
 def make_task(spec: JobSpec, data: dict[str, Any], rank: int, world_size: int):
