@@ -68,17 +68,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start = 0
     if config.get("resume_from"):
         src = Path(config["resume_from"])
-        tag = ckpt.step_name(ckpt.read_meta(src)["step"])
+        meta = ckpt.read_meta(src)
+        tag = ckpt.step_name(meta["step"])
         steps = {
             name: int(engine.load(src / ckpt.DS_DIR / name, tag=tag)["step"])
             for name, engine in task.engines.items()
         }
-        if len(set(steps.values())) != 1:  # a GAN's two engines must resume together
-            raise ckpt.CheckpointError(f"{src}: engines saved at different steps {steps}")
-        state = {"step": next(iter(steps.values()))}
-        start = int(state["step"])
-        history = list(ckpt.read_meta(src).get("history", []))
-        curves = list(ckpt.read_meta(src).get("curves", []))
+        if set(steps.values()) != {meta["step"]}:  # a GAN's two engines must resume together
+            raise ckpt.CheckpointError(
+                f"{src}: engines saved at steps {steps}, meta.json says {meta['step']}"
+            )
+        start = meta["step"]
+        history, curves = list(meta.get("history", [])), list(meta.get("curves", []))
         say(f"resumed from {src} at step {start}")
 
     def save(step: int, metrics: dict[str, float]) -> Path:
