@@ -220,8 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SpecError, CheckpointError, ValueError, ConnectionError, FileNotFoundError) as exc:
         print(f"genai: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("genai: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"genai: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 

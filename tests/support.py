@@ -19,25 +19,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def train_command(spec_path: Path) -> list[str]:
+    return [sys.executable, "-m", "genai.cli", "train", str(spec_path)]
+
+
+def start_and_wait_for_checkpoint(spec_path: Path, root: Path, **popen) -> subprocess.Popen:
+    """Start `genai train SPEC` in its own process group; return once a checkpoint is committed."""
+    proc = subprocess.Popen(train_command(spec_path), start_new_session=True, **popen)
+    deadline = time.time() + 240
+    while ckpt.find_latest(root) is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    if ckpt.find_latest(root) is None or proc.poll() is not None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("no checkpoint appeared while the run was alive")
+    time.sleep(1.0)
+    return proc
+
+
 def kill_after_first_checkpoint(spec_path: Path, root: Path) -> tuple[list[str], int]:
-    """Start `genai train SPEC`, SIGKILL its whole process group once a checkpoint is
-    committed, and return the command and the step of the checkpoint it left."""
-    cmd = [sys.executable, "-m", "genai.cli", "train", str(spec_path)]
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    """SIGKILL a `genai train` run's whole process group after its first checkpoint;
+    return the command and the step of the checkpoint it left."""
+    proc = start_and_wait_for_checkpoint(
+        spec_path, root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        deadline = time.time() + 240
-        while ckpt.find_latest(root) is None and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-        assert ckpt.find_latest(root) is not None, "no checkpoint appeared"
-        time.sleep(1.0)
         assert proc.poll() is None, "the run ended before it could be killed"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     time.sleep(3)  # let Ray's fate-shared workers exit
-    return cmd, ckpt.read_meta(ckpt.find_latest(root))["step"]
+    return train_command(spec_path), ckpt.read_meta(ckpt.find_latest(root))["step"]
 
 
 def resume(cmd: list[str], max_steps: int) -> subprocess.CompletedProcess:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from safetensors.torch import load_file
 
 from genai.config import parse_job
 from genai.train import checkpoint as ckpt
-from tests.support import kill_after_first_checkpoint, resume
+from tests.support import kill_after_first_checkpoint, resume, start_and_wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -137,3 +139,31 @@ def test_optimizer_offload_and_fine_tuning_a_pretrained_checkpoint(
     # fine-tuning starts from the trained weights, not from scratch: its step-0 loss is the parent's
     parent_last = ckpt.read_meta(zero3_checkpoint)["history"][-1]["val_loss"]
     assert meta["history"][0]["val_loss"] < parent_last + 0.5
+
+
+def test_ctrl_c_stops_the_run_cleanly_and_names_the_checkpoint(tmp_path, tiny_raw):
+    """SIGINT (Ctrl-C) to the driver: Ray Train aborts the workers, genai exits 130 with one line."""
+    raw = tiny_raw(
+        name="tiny-int",
+        train={"max_steps": 400, "log_every": 20, "eval_every": 200},
+        checkpoint={"every_steps": 10},
+    )
+    spec_path = tmp_path / "job.json"
+    spec_path.write_text(json.dumps(raw))
+    root = parse_job(raw).checkpoint_dir
+    proc = start_and_wait_for_checkpoint(
+        spec_path, root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130
+    last = err.strip().splitlines()[-1]
+    latest = ckpt.find_latest(root)
+    assert (
+        last == f"genai: training interrupted; latest checkpoint {latest}; continue with --resume"
+    )
+    assert ckpt.read_meta(latest)["step"] < 400

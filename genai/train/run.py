@@ -85,7 +85,14 @@ def train(
             f"train: {spec.name} on {spec.scaling.num_workers} worker(s), "
             f"{'GPU' if spec.scaling.use_gpu else 'CPU'}, to step {spec.train.max_steps}"
         )
-        trainer.fit()
+        try:
+            trainer.fit()
+        except (KeyboardInterrupt, SystemExit):
+            # Ray Train's own SIGINT handler aborts the run gracefully and then exits;
+            # say where the user can pick up again instead of exiting silently.
+            latest = ckpt.find_latest(root)
+            where = f"latest checkpoint {latest}" if latest else "no checkpoint was committed"
+            raise KeyboardInterrupt(f"training interrupted; {where}; continue with --resume") from None
     final = ckpt.find_latest(root)
     if final is None:
         raise ckpt.CheckpointError(
