@@ -70,6 +70,13 @@ def test_completion_round_trip(served):
     u = body["usage"]
     assert u["prompt_tokens"] >= 1 and 1 <= u["completion_tokens"] <= 8
     assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    # what `curl -d '{...}'` sends (form content type) is read as JSON too
+    curl_like = client.post(
+        "/v1/completions",
+        content=b'{"prompt": "import ", "max_tokens": 8, "seed": 3}',
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    assert curl_like.status_code == 200 and curl_like.json()["choices"][0]["text"] == choice["text"]
     # same seed, same text; the model field may be left out when one model is served
     again = client.post(
         "/v1/completions", json={"prompt": "import ", "max_tokens": 8, "seed": 3}

@@ -112,6 +112,12 @@ async def _limits_and_auth(request: Request, call_next):
                 None,
                 "authentication_error",
             )
+    if request.method == "POST" and not request.headers.get("content-type", "").startswith(
+        "application/json"
+    ):
+        # `curl -d '{...}'` sends application/x-www-form-urlencoded; every body here is JSON
+        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
+        request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
     return await call_next(request)
 
 

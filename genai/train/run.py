@@ -92,7 +92,9 @@ def train(
             # say where the user can pick up again instead of exiting silently.
             latest = ckpt.find_latest(root)
             where = f"latest checkpoint {latest}" if latest else "no checkpoint was committed"
-            raise KeyboardInterrupt(f"training interrupted; {where}; continue with --resume") from None
+            raise KeyboardInterrupt(
+                f"training interrupted; {where}; continue with --resume"
+            ) from None
     final = ckpt.find_latest(root)
     if final is None:
         raise ckpt.CheckpointError(
