@@ -10,7 +10,6 @@ Torch and scipy only.
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from pathlib import Path
 
@@ -136,7 +135,3 @@ def sample_quality(
 def _entropy(counts: torch.Tensor) -> torch.Tensor:
     p = counts.float() / counts.sum()
     return -(p[p > 0] * p[p > 0].log()).sum()
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2))
