@@ -30,13 +30,13 @@ from genai.train.checkpoint import WEIGHTS
 from genai.train.engine import Engine
 
 
-def all_mean(value: float, device: torch.device) -> float:
-    """Mean of a scalar over all workers."""
+def all_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Means over all workers of named scalars, in one all-reduce (not one per metric)."""
     if not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
+        return dict(values)
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     dist.all_reduce(t)
-    return float(t.item()) / dist.get_world_size()
+    return dict(zip(values, (t / dist.get_world_size()).tolist(), strict=True))
 
 
 class LMTask:
@@ -93,7 +93,7 @@ class LMTask:
             self.engine.backward(loss)
             self.engine.step()
             total += float(loss.detach())
-        return {"loss": all_mean(total / self.spec.train.grad_accum_steps, self.engine.device)}
+        return all_mean({"loss": total / self.spec.train.grad_accum_steps}, self.engine.device)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -106,7 +106,7 @@ class LMTask:
             )
             for b in self.val
         ]
-        return {"val_loss": all_mean(sum(losses) / len(losses), self.engine.device)}
+        return all_mean({"val_loss": sum(losses) / len(losses)}, self.engine.device)
 
     def export(self, directory: Path) -> dict[str, Any]:
         """Consolidated weights + HF config + tokenizer (collective: every rank calls)."""
@@ -224,10 +224,8 @@ class GANTask(ImageTask):
         d_total = sum(
             self.d_step(step * self.spec.gan.d_steps + k) for k in range(self.spec.gan.d_steps)
         )
-        return {
-            "d_loss": all_mean(d_total / self.spec.gan.d_steps, self.d.device),
-            "g_loss": all_mean(self.g_step(), self.g.device),
-        }
+        losses = {"d_loss": d_total / self.spec.gan.d_steps, "g_loss": self.g_step()}
+        return all_mean(losses, self.g.device)
 
     def d_step(self, batch_index: int) -> float:
         """One forward of D over [real; fake.detach()] (ZeRO reduces D's gradients once), step D."""
@@ -361,13 +359,8 @@ class VAETask(ImageTask):
         loss = (out["recon"] + beta * out["kl"]).mean()
         self.engine.backward(loss)
         self.engine.step()
-        dev = self.engine.device
-        return {
-            "neg_elbo": all_mean(float(out["neg_elbo"].mean()), dev),
-            "recon": all_mean(float(out["recon"].mean()), dev),
-            "kl": all_mean(float(out["kl"].mean()), dev),
-            "kl_weight": beta,
-        }
+        means = {k: float(out[k].float().mean()) for k in ("neg_elbo", "recon", "kl")}
+        return {**all_mean(means, self.engine.device), "kl_weight": beta}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -378,13 +371,9 @@ class VAETask(ImageTask):
         k_images = x[: max(1, self.spec.vae.eval_images // self.world_size)]
         with full_params(self.engine):
             iw = self.engine.module.iw_bound(k_images, k=self.spec.vae.iw_samples)
-        dev = self.engine.device
-        metrics = {
-            "val_neg_elbo": all_mean(float(out["neg_elbo"].float().mean()), dev),
-            "val_recon": all_mean(float(out["recon"].float().mean()), dev),
-            "val_kl": all_mean(float(out["kl"].float().mean()), dev),
-            f"val_iw{self.spec.vae.iw_samples}_bound": all_mean(float(iw.float().mean()), dev),
-        }
+        means = {f"val_{k}": float(out[k].float().mean()) for k in ("neg_elbo", "recon", "kl")}
+        means[f"val_iw{self.spec.vae.iw_samples}_bound"] = float(iw.float().mean())
+        metrics = all_mean(means, self.engine.device)
         if self.baseline_nll is not None:
             metrics["baseline_gaussian_nll"] = self.baseline_nll
         return metrics
