@@ -48,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise ValueError(
             "no checkpoints: name them on the command line or in the serve config's checkpoints"
         )
-    from genai.train.checkpoint import resolve
+    from genai.checkpoint import resolve
 
     for c in checkpoints:
         resolve(c)  # fail before Ray starts, with the path in the message
@@ -212,8 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "action", None) in ("status", "logs", "stop") and not args.job_id:
         build_parser().error(f"jobs {args.action} needs a job id")
+    from genai.checkpoint import CheckpointError
     from genai.config import SpecError
-    from genai.train.checkpoint import CheckpointError
 
     try:
         return args.func(args)

@@ -13,145 +13,33 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
+from genai.families import FAMILIES
+from genai.families.gan import GANModelSpec, GANSpec
+from genai.families.images import ImageDataSpec
+from genai.families.lm import DataSpec, ModelSpec, TokenizerSpec
+from genai.families.vae import VAEModelSpec, VAESpec
+from genai.specbase import Section, SpecError
 
-class SpecError(ValueError):
-    """A job or serve spec is invalid; the message is one line naming the key."""
-
-
-class Section(BaseModel):
-    # strict: "5" is not an int; forbid: a typo in a key is an error, not a silent default.
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, frozen=True)
-
-
-# --------------------------------------------------------------------------- job spec
-
-
-class ModelSpec(Section):
-    """The network. ``family: lm`` is a Hugging Face causal LM."""
-
-    family: Literal["lm"] = "lm"
-    arch: Literal["gpt2", "llama"] = Field(
-        "gpt2", description="transformers architecture built from config"
-    )
-    pretrained_path: str | None = Field(
-        None, description="local from_pretrained directory to fine-tune; overrides the shape fields"
-    )
-    n_layer: int = Field(4, ge=1, le=256)
-    n_embd: int = Field(256, ge=8, le=65536)
-    n_head: int = Field(4, ge=1, le=1024)
-    n_kv_head: int | None = Field(None, ge=1, description="llama only: grouped-query KV heads")
-    intermediate_size: int | None = Field(
-        None, ge=8, description="llama MLP width (default ~8/3*n_embd, rounded to 64)"
-    )
-    max_position: int = Field(512, ge=16, le=1 << 20, description="context length of the model")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-
-    @model_validator(mode="after")
-    def _heads_divide(self) -> ModelSpec:
-        if self.n_embd % self.n_head:
-            raise ValueError(
-                f"n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
-            )
-        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
-            raise ValueError(
-                f"n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})"
-            )
-        return self
-
-
-ImageSize = Literal[8, 16, 32, 64]
-
-
-class GANModelSpec(Section):
-    """DCGAN-style generator + discriminator (genai/models/gan.py)."""
-
-    family: Literal["gan"]
-    image_size: ImageSize = 8
-    channels: Literal[1, 3] = 1
-    latent_dim: int = Field(64, ge=2, le=4096)
-    g_width: int = Field(64, ge=4, le=4096)
-    d_width: int = Field(64, ge=4, le=4096)
-    conditional: bool = Field(False, description="class-conditional (needs labelled data)")
-    num_classes: int = Field(10, ge=2, le=100_000)
-
-
-class VAEModelSpec(Section):
-    """Convolutional VAE (genai/models/vae.py)."""
-
-    family: Literal["vae"]
-    image_size: ImageSize = 8
-    channels: Literal[1, 3] = 1
-    latent_dim: int = Field(16, ge=1, le=4096)
-    width: int = Field(32, ge=4, le=4096)
-    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
-
-
-class GANSpec(Section):
-    """Adversarial training: two engines with their own optimizers."""
-
-    loss: Literal["non_saturating", "hinge"] = "non_saturating"
-    d_steps: int = Field(1, ge=1, le=100, description="discriminator steps per generator step")
-    g_lr: float = Field(2e-4, gt=0.0, le=1.0)
-    d_lr: float = Field(2e-4, gt=0.0, le=1.0)
-    beta1: float = Field(0.5, ge=0.0, lt=1.0)
-    beta2: float = Field(0.999, ge=0.0, lt=1.0)
-    eval_samples: int = Field(1000, ge=10, description="generated images per quality evaluation")
-
-
-class VAESpec(Section):
-    kl_warmup_steps: int = Field(0, ge=0, description="KL weight ramps 0 -> 1 over these steps")
-    iw_samples: int = Field(64, ge=1, description="k of the importance-weighted bound")
-    eval_images: int = Field(
-        256, ge=1, description="held-out images for the importance-weighted bound"
-    )
-
-
-class TokenizerSpec(Section):
-    """Byte-level BPE trained on the corpus, or a local pretrained tokenizer."""
-
-    path: str | None = Field(
-        None, description="local tokenizer directory (AutoTokenizer); else train one"
-    )
-    vocab_size: int = Field(8192, ge=260, le=1 << 20)
-
-
-class DataSpec(Section):
-    """Text corpus. ``source: stdlib`` is the Python standard library's own source (offline)."""
-
-    kind: Literal["text"] = "text"
-    source: str = Field("stdlib", description="'stdlib', a file, a directory or a glob")
-    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
-    text_field: str = Field("text", description="JSONL key / Parquet column holding the text")
-    include: list[str] = Field(
-        default_factory=lambda: ["*.py"], description="globs for directory sources"
-    )
-    max_bytes: int = Field(8_000_000, ge=1_000, description="cap on corpus size read")
-    seq_len: int = Field(128, ge=8, le=1 << 20)
-    val_fraction: float = Field(0.05, gt=0.0, lt=0.5)
-    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
-    cache_dir: str = Field(
-        ".genai_cache", description="tokenized shards are cached here, keyed by content"
-    )
-    seed: int = Field(0, ge=0)
-
-
-class ImageDataSpec(Section):
-    """Images. ``source: digits`` is scikit-learn's bundled 8x8 digits (offline, labelled)."""
-
-    kind: Literal["images"] = "images"
-    source: str = Field("digits", description="'digits', an image folder, or a Parquet file")
-    image_column: str = Field("image", description="Parquet column of encoded image bytes")
-    label_column: str | None = Field(None, description="Parquet column of integer labels")
-    labels_from_dirs: bool = Field(True, description="image folder: class = sub-directory name")
-    val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
-    max_images: int = Field(200_000, ge=10)
-    cache_dir: str = Field(".genai_cache", description="the quality classifier is cached here")
-    seed: int = Field(0, ge=0)
+# the family specs are declared with their families; re-exported here for callers
+__all__ = [
+    "DataSpec",
+    "GANModelSpec",
+    "GANSpec",
+    "ImageDataSpec",
+    "JobSpec",
+    "ModelSpec",
+    "Section",
+    "ServeSpec",
+    "SpecError",
+    "TokenizerSpec",
+    "VAEModelSpec",
+    "VAESpec",
+]
 
 
 class TrainSpec(Section):
@@ -212,19 +100,21 @@ class CheckpointSpec(Section):
     keep: int = Field(3, ge=1, description="newest checkpoints kept")
 
 
-FAMILIES = ("lm", "gan", "vae")
+# One model section and one data section per family (discriminated by `family` / `kind`),
+# and each family's own top-level section: all from the registry in genai/families.
+_ModelSpecs = Annotated[
+    Union[tuple(f.model_spec for f in FAMILIES.values())],  # noqa: UP007
+    Field(discriminator="family"),
+]
+_DATA_SPECS = {f.data_spec.model_fields["kind"].default: f.data_spec for f in FAMILIES.values()}
+_DataSpecs = Annotated[Union[tuple(_DATA_SPECS.values())], Field(discriminator="kind")]  # noqa: UP007
+_SECTIONS = {name: f.section for name, f in FAMILIES.items() if f.section is not None}
 
 
-class JobSpec(Section):
+class _JobSpecBase(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    model: Annotated[ModelSpec | GANModelSpec | VAEModelSpec, Field(discriminator="family")] = (
-        Field(default_factory=ModelSpec)
-    )
-    data: Annotated[DataSpec | ImageDataSpec, Field(discriminator="kind")] = Field(
-        default_factory=DataSpec
-    )
-    gan: GANSpec | None = None
-    vae: VAESpec | None = None
+    model: _ModelSpecs = Field(default_factory=ModelSpec)
+    data: _DataSpecs = Field(default_factory=DataSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
@@ -242,29 +132,26 @@ class JobSpec(Section):
             raw["model"] = {**model, "family": family}
         data = raw.get("data", {})
         if isinstance(data, dict) and "kind" not in data and family in FAMILIES:
-            raw["data"] = {**data, "kind": "text" if family == "lm" else "images"}
-        if family in ("gan", "vae") and raw.get(family) is None:
+            kind = FAMILIES[family].data_spec.model_fields["kind"].default
+            raw["data"] = {**data, "kind": kind}
+        if family in _SECTIONS and raw.get(family) is None:
             raw[family] = {}
         return raw
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> JobSpec:
-        family = self.model.family
-        if (self.data.kind == "text") != (family == "lm"):
-            raise ValueError(f"data.kind {self.data.kind!r} does not fit model.family {family!r}")
-        for section in ("gan", "vae"):
-            if getattr(self, section) is not None and family != section:
-                raise ValueError(
-                    f"{section} settings are only for model.family {section!r}, got {family!r}"
-                )
-        if family != "lm":
-            if self.train.grad_accum_steps != 1:
-                raise ValueError(f"train.grad_accum_steps must be 1 for model.family {family!r}")
-            return self
-        if self.model.pretrained_path is None and self.data.seq_len > self.model.max_position:
+    def _cross_checks(self) -> _JobSpecBase:
+        family = FAMILIES[self.model.family]
+        if not isinstance(self.data, family.data_spec):
             raise ValueError(
-                f"data.seq_len ({self.data.seq_len}) must be <= model.max_position ({self.model.max_position})"
+                f"data.kind {self.data.kind!r} does not fit model.family {family.name!r}"
             )
+        for section in _SECTIONS:
+            if getattr(self, section) is not None and family.name != section:
+                raise ValueError(
+                    f"{section} settings are only for model.family {section!r}, got {family.name!r}"
+                )
+        if family.check is not None:
+            family.check(self)
         return self
 
     @property
@@ -274,6 +161,15 @@ class JobSpec(Section):
     def spec_hash(self) -> str:
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# `gan: ...`, `vae: ...`: a family's own section, present only for that family
+JobSpec = create_model(
+    "JobSpec",
+    __base__=_JobSpecBase,
+    __doc__="A job spec: one YAML file under jobs/, validated.",
+    **{name: (section | None, None) for name, section in _SECTIONS.items()},
+)
 
 
 # --------------------------------------------------------------------------- serve spec
@@ -351,11 +247,7 @@ def _yaml(text: str) -> Any:
 def _format_error(err: dict[str, Any], prefix: str = "") -> str:
     # discriminated unions put the tag in the path (model.gan.latent_dim): drop it
     parts = [str(p) for p in err["loc"]]
-    if (
-        len(parts) >= 2
-        and parts[0] in ("model", "data")
-        and parts[1] in (*FAMILIES, "text", "images")
-    ):
+    if len(parts) >= 2 and parts[0] in ("model", "data") and parts[1] in (*FAMILIES, *_DATA_SPECS):
         del parts[1]
     loc = ".".join(parts)
     key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "spec"

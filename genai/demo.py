@@ -19,11 +19,11 @@ import torch
 from ray import serve
 
 from genai import cluster
+from genai.checkpoint import read_meta
 from genai.config import ServeSpec, load_job
 from genai.pictures import png_bytes, save_grid
 from genai.quality import load_classifier
 from genai.serve.run import start
-from genai.train.checkpoint import read_meta
 from genai.train.run import train
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
@@ -107,7 +107,7 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
                 )
                 result["pictures"].append(path)
                 # does prompt "7" give sevens? The quality classifier (trained on real digits) says.
-                clf = load_classifier(metas["gan-digits"]["classifier_path"])
+                clf = load_classifier(metas["gan-digits"].file(paths["gan-digits"], "classifier"))
                 rates = {
                     str(d): float((clf.predict(row) == d).float().mean())
                     for d, row in enumerate(rows)
@@ -159,24 +159,24 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
             serve.shutdown()
 
     lm, gan, vae = (metas[s.name] for s in specs)
-    h = lm["history"]
+    h = lm.history
     log(
         f"\nlm-tiny validation loss: {h[0]['val_loss']:.3f} at step 0 -> {h[-1]['val_loss']:.3f} at step {h[-1]['step']} (nats/token)"
     )
-    g = gan["history"]
+    g = gan.history
     log(
         f"gan-digits feature FD: {g[0]['fd']:.1f} at step 0 -> {g[-1]['fd']:.1f} at step {g[-1]['step']} "
         f"(real-vs-real floor {g[-1]['real_fd_floor']:.1f}); classes covered in 1,000 samples: {g[-1]['classes_covered']:.0f}/10; "
         f"conditional accuracy {g[-1]['cond_accuracy']:.1%}"
     )
-    v = vae["history"]
+    v = vae.history
     log(
         f"vae-digits held-out -ELBO: {v[0]['val_neg_elbo']:.1f} -> {v[-1]['val_neg_elbo']:.1f} nats/image "
         f"(IW-64 bound {v[-1]['val_iw64_bound']:.1f}; diagonal Gaussian baseline {v[-1]['baseline_gaussian_nll']:.1f})"
     )
     for m in (gan, vae):
-        for name in m.get("pictures", []):
-            log(f"training picture: {paths[m['name']] / name}")
+        for name in m.pictures:
+            log(f"training picture: {paths[m.name] / name}")
     log(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
     result.update(checkpoints=paths, metas=metas)
     result["val_loss_first"], result["val_loss_last"] = h[0]["val_loss"], h[-1]["val_loss"]

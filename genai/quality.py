@@ -69,7 +69,7 @@ def cached_classifier(
     cache_dir: str | Path, x: torch.Tensor, y: torch.Tensor, num_classes: int
 ) -> tuple[Classifier, Path]:
     """Train once per dataset; weights in safetensors, keyed by the training data."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     key = hashlib.sha256(x.numpy().tobytes() + y.numpy().tobytes()).hexdigest()[:16]
     path = Path(cache_dir).absolute() / f"classifier-{key}.safetensors"
@@ -80,13 +80,18 @@ def cached_classifier(
     model = train_classifier(x, y, num_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(
-        model.state_dict(),
-        tmp,
-        metadata={"channels": str(x.shape[1]), "num_classes": str(num_classes)},
-    )
+    save_classifier(model, tmp)
     tmp.replace(path)
     return model, path
+
+
+def save_classifier(model: Classifier, path: str | Path) -> None:
+    """safetensors with the shape in its metadata, so ``load_classifier`` needs nothing else."""
+    from safetensors.torch import save_file
+
+    channels, num_classes = model.body[0].in_channels, model.head.out_features
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, path, metadata={"channels": str(channels), "num_classes": str(num_classes)})
 
 
 def load_classifier(path: str | Path) -> Classifier:

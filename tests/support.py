@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from genai.train import checkpoint as ckpt
+from genai import checkpoint as ckpt
 
 
 def free_port() -> int:
@@ -48,7 +48,7 @@ def kill_after_first_checkpoint(spec_path: Path, root: Path) -> tuple[list[str],
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     time.sleep(3)  # let Ray's fate-shared workers exit
-    return train_command(spec_path), ckpt.read_meta(ckpt.find_latest(root))["step"]
+    return train_command(spec_path), ckpt.read_meta(ckpt.find_latest(root)).step
 
 
 def resume(cmd: list[str], max_steps: int) -> subprocess.CompletedProcess:
@@ -60,3 +60,30 @@ def resume(cmd: list[str], max_steps: int) -> subprocess.CompletedProcess:
     )
     assert r.returncode == 0, r.stderr[-3000:]
     return r
+
+
+def assert_self_contained(directory: Path) -> None:
+    """No value in meta.json (outside the recorded spec) names a file outside the checkpoint."""
+    meta = ckpt.read_meta(directory).model_dump(mode="json")
+    meta.pop("spec")
+    if meta.get("lineage"):
+        meta["lineage"].pop("source")  # where it was copied from: provenance, not a dependency
+        meta["lineage"].pop("base_spec")
+
+    def strings(node):
+        if isinstance(node, dict):
+            for v in node.values():
+                yield from strings(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from strings(v)
+        elif isinstance(node, str):
+            yield node
+
+    inside = Path(directory).resolve()
+    for s in strings(meta):
+        if "/" in s and Path(s).exists():
+            assert inside in Path(s).resolve().parents, f"meta.json points outside: {s}"
+    for key in ("classifier",):
+        if key in meta["export"]:
+            assert (inside / meta["export"][key]).is_file()

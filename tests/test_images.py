@@ -170,7 +170,7 @@ def _params(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("stage", [0, 1, 2])
 def test_two_engine_step_touches_only_its_own_model(process_group, digits, stage):
-    from genai.train.tasks import GANTask
+    from genai.families.gan.task import GANTask
 
     spec = parse_job(
         {

@@ -9,11 +9,13 @@ import json
 import httpx
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from genai import checkpoint as ckpt
 from genai.config import parse_job
-from genai.train import checkpoint as ckpt
-from tests.support import kill_after_first_checkpoint, resume
+from genai.quality import load_classifier
+from tests.support import assert_self_contained, kill_after_first_checkpoint, resume
 
 pytestmark = pytest.mark.e2e
 
@@ -69,15 +71,15 @@ def test_gan_checkpoint_holds_both_engines_metrics_and_pictures(image_checkpoint
     path = image_checkpoints["tiny-gan"]
     meta = ckpt.read_meta(path)
     assert (
-        meta["family"] == "gan"
-        and meta["step"] == 6
-        and meta["class_names"] == [str(i) for i in range(10)]
+        meta.family == "gan"
+        and meta.step == 6
+        and meta.export["class_names"] == [str(i) for i in range(10)]
     )
-    assert set(meta["deepspeed_config"]) == {"generator", "discriminator"}
+    assert set(meta.deepspeed_config) == {"generator", "discriminator"}
     for engine in ("generator", "discriminator"):
         assert (path / "deepspeed" / engine / "latest").read_text().strip() == "step-000006"
     assert (path / "model.safetensors").is_file() and (path / "discriminator.safetensors").is_file()
-    first, last = meta["history"][0], meta["history"][-1]
+    first, last = meta.history[0], meta.history[-1]
     assert {
         "fd",
         "classes_covered",
@@ -89,18 +91,22 @@ def test_gan_checkpoint_holds_both_engines_metrics_and_pictures(image_checkpoint
     for name in ("samples.png", "curves.png"):
         with Image.open(path / name) as img:
             assert img.width > 100
-    assert meta["pictures"] == ["samples.png", "curves.png"]
+    assert meta.pictures == ["samples.png", "curves.png"]
+    assert_self_contained(path)
+    assert load_classifier(meta.file(path, "classifier")).predict(
+        torch.zeros(1, 1, 8, 8)
+    ).shape == (1,)
 
 
 def test_vae_zero3_reports_bounds_in_nats(image_checkpoints):
     meta = ckpt.read_meta(image_checkpoints["tiny-vae"])
-    assert meta["deepspeed_config"]["vae"]["zero_optimization"]["stage"] == 3
-    first, last = meta["history"][0], meta["history"][-1]
+    assert meta.deepspeed_config["vae"]["zero_optimization"]["stage"] == 3
+    first, last = meta.history[0], meta.history[-1]
     assert last["val_neg_elbo"] < first["val_neg_elbo"]  # it learns, even in 6 steps
     # (IW <= ELBO on the same images is tested in test_images; here they use different subsets)
     assert np.isfinite(last["val_iw8_bound"]) and last["val_iw8_bound"] < first["val_iw8_bound"]
     assert np.isfinite(last["baseline_gaussian_nll"])
-    assert {"samples.png", "reconstructions.png", "curves.png"} == set(meta["pictures"])
+    assert {"samples.png", "reconstructions.png", "curves.png"} == set(meta.pictures)
 
 
 def test_gan_killed_and_resumed_continues_both_engines(tmp_path, cache_dir):
@@ -118,7 +124,7 @@ def test_gan_killed_and_resumed_continues_both_engines(tmp_path, cache_dir):
     r = resume(cmd, killed_at + 10)
     assert f"at step {killed_at}" in r.stdout + r.stderr
     final = ckpt.find_latest(root)
-    assert ckpt.read_meta(final)["step"] == killed_at + 10
+    assert ckpt.read_meta(final).step == killed_at + 10
     for engine in ("generator", "discriminator"):  # both engines saved at the same, continued step
         assert (final / "deepspeed" / engine / "latest").read_text().strip() == ckpt.step_name(
             killed_at + 10

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from genai import checkpoint as ckpt
 from genai.config import parse_job
-from genai.train import checkpoint as ckpt
 from tests.support import kill_after_first_checkpoint, resume, start_and_wait_for_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -31,11 +31,11 @@ def test_zero2_two_workers_write_complete_checkpoints(ray_session, tiny_raw):
     assert [p.name for p in ckpt.list_checkpoints(root)] == ["step-000003", "step-000006"]
     assert final == root / "step-000006" and (root / "latest").resolve() == final.resolve()
     meta = ckpt.read_meta(final)
-    assert meta["step"] == 6 and meta["name"] == "tiny" and meta["world_size"] == 2
-    assert meta["deepspeed_config"]["model"]["zero_optimization"]["stage"] == 2
-    assert {"torch", "deepspeed", "ray", "transformers"} <= set(meta["versions"])
-    assert [h["step"] for h in meta["history"]] == [0, 3, 6]
-    assert meta["metrics"]["tokens_per_s"] > 0 and meta["metrics"]["val_loss"] > 0
+    assert meta.step == 6 and meta.name == "tiny" and meta.world_size == 2
+    assert meta.deepspeed_config["model"]["zero_optimization"]["stage"] == 2
+    assert {"torch", "deepspeed", "ray", "transformers"} <= set(meta.versions)
+    assert [h["step"] for h in meta.history] == [0, 3, 6]
+    assert meta.metrics["tokens_per_s"] > 0 and meta.metrics["val_loss"] > 0
     # every rank's shards, for exact resume
     assert len(_ranks_with_optimizer_shards(final)) == 2
     assert (final / "tokenizer.json").is_file() and (final / "config.json").is_file()
@@ -49,12 +49,12 @@ def test_zero3_checkpoint_loads_in_transformers(zero3_checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     meta = ckpt.read_meta(zero3_checkpoint)
-    assert meta["deepspeed_config"]["model"]["zero_optimization"]["stage"] == 3
+    assert meta.deepspeed_config["model"]["zero_optimization"]["stage"] == 3
     assert len(_ranks_with_optimizer_shards(zero3_checkpoint)) == 2
     model = AutoModelForCausalLM.from_pretrained(zero3_checkpoint)
     tok = AutoTokenizer.from_pretrained(zero3_checkpoint)
     tensors = load_file(zero3_checkpoint / ckpt.WEIGHTS)
-    assert len(tensors) == meta["n_tensors"] > 0
+    assert len(tensors) == meta.export["n_tensors"] > 0
     # the consolidated weights are the real ones, not ZeRO-3's empty partitions
     sd = model.state_dict()
     for name, t in tensors.items():
@@ -80,14 +80,14 @@ def test_resume_reproduces_the_uninterrupted_run(ray_session, tiny_raw):
 
     resumed = train(spec, resume=True)
     meta = ckpt.read_meta(resumed)
-    assert meta["step"] == 6
-    assert [h["step"] for h in meta["history"]] == [
+    assert meta.step == 6
+    assert [h["step"] for h in meta.history] == [
         0,
         3,
         6,
     ]  # history continues; no second step-0 eval
-    assert meta["metrics"]["lr"] == pytest.approx(ref_meta["metrics"]["lr"])  # LR schedule restored
-    assert meta["metrics"]["val_loss"] == pytest.approx(ref_meta["metrics"]["val_loss"], rel=1e-5)
+    assert meta.metrics["lr"] == pytest.approx(ref_meta.metrics["lr"])  # LR schedule restored
+    assert meta.metrics["val_loss"] == pytest.approx(ref_meta.metrics["val_loss"], rel=1e-5)
     again = load_file(resumed / ckpt.WEIGHTS)
     for name, t in reference.items():
         torch.testing.assert_close(again[name], t, rtol=1e-5, atol=1e-6, msg=name)
@@ -112,7 +112,7 @@ def test_sigkill_of_the_driver_then_resume(tmp_path, tiny_raw):
     final = ckpt.find_latest(root)
     assert r.stdout.strip().splitlines()[-1] == f"checkpoint: {final}"
     meta = ckpt.read_meta(final)
-    assert meta["step"] == killed_at + 20 and meta["history"][0]["step"] == 0
+    assert meta.step == killed_at + 20 and meta.history[0]["step"] == 0
     assert not any(p.name.startswith(".step-") for p in root.iterdir())  # staging debris cleaned
 
 
@@ -132,13 +132,12 @@ def test_optimizer_offload_and_fine_tuning_a_pretrained_checkpoint(
     final = train(parse_job(raw))
     meta = ckpt.read_meta(final)
     assert (
-        meta["deepspeed_config"]["model"]["zero_optimization"]["offload_optimizer"]["device"]
-        == "cpu"
+        meta.deepspeed_config["model"]["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     )
-    assert meta["n_params"] == ckpt.read_meta(zero3_checkpoint)["n_params"]
+    assert meta.n_params == ckpt.read_meta(zero3_checkpoint).n_params
     # fine-tuning starts from the trained weights, not from scratch: its step-0 loss is the parent's
-    parent_last = ckpt.read_meta(zero3_checkpoint)["history"][-1]["val_loss"]
-    assert meta["history"][0]["val_loss"] < parent_last + 0.5
+    parent_last = ckpt.read_meta(zero3_checkpoint).history[-1]["val_loss"]
+    assert meta.history[0]["val_loss"] < parent_last + 0.5
 
 
 def test_ctrl_c_stops_the_run_cleanly_and_names_the_checkpoint(tmp_path, tiny_raw):
@@ -166,4 +165,4 @@ def test_ctrl_c_stops_the_run_cleanly_and_names_the_checkpoint(tmp_path, tiny_ra
     assert (
         last == f"genai: training interrupted; latest checkpoint {latest}; continue with --resume"
     )
-    assert ckpt.read_meta(latest)["step"] < 400
+    assert ckpt.read_meta(latest).step < 400

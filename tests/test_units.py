@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from genai import checkpoint as ckpt
 from genai.config import DeepSpeedSpec, ModelSpec, TrainSpec
 from genai.models.transformer import _sample, build_lm, generate
-from genai.train import checkpoint as ckpt
 from genai.train.engine import deepspeed_config, lr_lambda
 
 
@@ -38,7 +38,7 @@ def test_lr_schedule_warms_up_then_decays_to_floor():
 def _fake_checkpoint(d, step):
     d.mkdir(parents=True)
     (d / ckpt.WEIGHTS).write_bytes(b"x")
-    ckpt.write_meta(d, {"step": step, "name": "m", "family": "lm"})
+    ckpt.write_meta(d, ckpt.Meta(step=step, name="m", family="lm", spec={}, spec_hash="0"))
 
 
 def test_commit_is_atomic_and_latest_moves(tmp_path):
@@ -97,3 +97,18 @@ def test_llama_architecture_builds_and_trains_a_step():
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
     assert torch.isfinite(loss) and model.model.embed_tokens.weight.grad is not None
+
+
+def test_serving_imports_no_training_code():
+    """The checkpoint contract's promise: serving never imports genai.train (nor DeepSpeed)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, genai.serve.app, genai.serve.run\n"
+        "from genai.families import FAMILIES\n"
+        "for f in FAMILIES.values(): f.load('deployment')\n"
+        "print(sorted(m for m in sys.modules if m.startswith('genai.train') or m == 'deepspeed'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -25,10 +25,11 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from genai.checkpoint import read_meta, resolve
 from genai.config import ServeSpec
+from genai.families import get_family
+from genai.families.lm.serving import PromptTooLong
 from genai.serve import metrics
-from genai.serve.images import ImageModel
-from genai.serve.lm import LanguageModel, PromptTooLong
 from genai.serve.schemas import (
     CompletionRequest,
     CompletionResponse,
@@ -39,7 +40,6 @@ from genai.serve.schemas import (
     ModelList,
     ReconstructRequest,
 )
-from genai.train.checkpoint import read_meta, resolve
 
 app = FastAPI(title="genai", description="Completions from genai checkpoints (OpenAI-style API)")
 
@@ -317,17 +317,10 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], api_keys: list[str
     for path in checkpoints:
         directory = resolve(path)
         meta = read_meta(directory)
-        name, family = meta["name"], meta.get("family")
-        if name in models:
-            raise ValueError(f"two checkpoints are named {name!r}; model ids must be unique")
-        if family == "lm":
-            models[name] = LanguageModel.options(name=f"lm-{name}", **options).bind(str(directory))
-        elif family in ("gan", "vae"):
-            models[name] = ImageModel.options(name=f"{family}-{name}", **options).bind(
-                str(directory), spec.max_batch_size, spec.batch_wait_timeout_s
-            )
-        else:
-            raise ValueError(f"{directory}: unknown model family {family!r}")
+        if meta.name in models:
+            raise ValueError(f"two checkpoints are named {meta.name!r}; model ids must be unique")
+        family = get_family(meta.family)
+        models[meta.name] = family.load("deployment")(directory, meta, spec, options)
     settings = {
         "max_tokens_limit": spec.max_tokens_limit,
         "max_body_bytes": spec.max_body_bytes,

@@ -6,7 +6,7 @@ that OpenAI clients send (``user``, ``logprobs`` ...) are ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,6 +68,9 @@ class ModelCard(BaseModel):
     channels: int | None = None
     conditional: bool | None = None
     class_names: list[str] | None = None
+    lineage: dict[str, Any] | None = Field(
+        None, description="for a checkpoint promoted from a sweep: sweep, trial, config, metric"
+    )
 
 
 class ModelList(BaseModel):

@@ -21,9 +21,9 @@ import torch
 import torch.distributed as dist
 
 from genai import __version__
+from genai import checkpoint as ckpt
 from genai.config import JobSpec
 from genai.pictures import save_curves
-from genai.train import checkpoint as ckpt
 from genai.train.tasks import make_task
 
 
@@ -69,17 +69,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if config.get("resume_from"):
         src = Path(config["resume_from"])
         meta = ckpt.read_meta(src)
-        tag = ckpt.step_name(meta["step"])
+        tag = ckpt.step_name(meta.step)
         steps = {
             name: int(engine.load(src / ckpt.DS_DIR / name, tag=tag)["step"])
             for name, engine in task.engines.items()
         }
-        if set(steps.values()) != {meta["step"]}:  # a GAN's two engines must resume together
+        if set(steps.values()) != {meta.step}:  # a GAN's two engines must resume together
             raise ckpt.CheckpointError(
-                f"{src}: engines saved at steps {steps}, meta.json says {meta['step']}"
+                f"{src}: engines saved at steps {steps}, meta.json says {meta.step}"
             )
-        start = meta["step"]
-        history, curves = list(meta.get("history", [])), list(meta.get("curves", []))
+        start = meta.step
+        history, curves = list(meta.history), list(meta.curves)
         say(f"resumed from {src} at step {start}")
 
     def save(step: int, metrics: dict[str, float]) -> Path:
@@ -103,26 +103,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     )
                 )
             _check_shared_storage(staging, world, spec.deepspeed.zero_stage)
-            ckpt.write_meta(
-                staging,
-                {
-                    "family": spec.model.family,
-                    "name": spec.name,
-                    "step": step,
-                    "metrics": metrics,
-                    "history": history,
-                    "curves": curves,
-                    "pictures": [p.name for p in pictures],
-                    "spec": spec.model_dump(mode="json"),
-                    "spec_hash": spec.spec_hash(),
-                    "deepspeed_config": {n: e.config for n, e in task.engines.items()},
-                    "world_size": world,
-                    "n_params": task.n_params,
-                    "versions": _versions(),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    **export,
-                },
+            meta = ckpt.Meta(
+                family=spec.model.family,
+                name=spec.name,
+                step=step,
+                metrics=metrics,
+                history=history,
+                curves=curves,
+                pictures=[p.name for p in pictures],
+                spec=spec.model_dump(mode="json"),
+                spec_hash=spec.spec_hash(),
+                deepspeed_config={n: e.config for n, e in task.engines.items()},
+                world_size=world,
+                n_params=task.n_params,
+                versions=_versions(),
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                export=export,
             )
+            ckpt.write_meta(staging, meta)
             final = ckpt.commit(staging, root, step, spec.checkpoint.keep)
             say(f"checkpoint {final}")
             for name in sorted(p.name for p in pictures):

@@ -1,5 +1,6 @@
-"""The image-model deployment: a GAN generator or a VAE, one per checkpoint.
+"""Serving side of the image families: a GAN's generator or a VAE, one deployment per checkpoint.
 
+Rebuilt from ``meta.json``'s ``export.model_config`` + ``model.safetensors``; never a pickle.
 Generation requests are batched with ``@serve.batch``: concurrent requests are
 stacked into one forward pass, each keeping its own seed, count and class.
 """
@@ -11,15 +12,46 @@ import base64
 import os
 import random
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ray import serve
+from safetensors.torch import load_file
 
+from genai.checkpoint import WEIGHTS, Meta, open_for_inference
+from genai.models.gan import GANConfig, Generator
+from genai.models.vae import VAE, VAEConfig
 from genai.pictures import png_bytes
 from genai.serve import metrics
-from genai.serve.loader import load_image_model
+from genai.serve.cards import lineage_card
+
+
+@dataclass
+class LoadedImageModel:
+    name: str
+    path: Path
+    meta: Meta
+    model: torch.nn.Module  # Generator (GAN) or VAE
+
+    @property
+    def family(self) -> str:
+        return self.meta.family
+
+
+def load_image_model(path: str | Path) -> LoadedImageModel:
+    """A GAN's generator or a VAE, rebuilt from ``meta.json``'s model_config + safetensors."""
+    directory, meta = open_for_inference(path, ("gan", "vae"))
+    config = meta.export["model_config"]
+    if meta.family == "gan":
+        model: torch.nn.Module = Generator(GANConfig(**config))
+    else:
+        model = VAE(VAEConfig(**config))
+    state = load_file(directory / WEIGHTS)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return LoadedImageModel(name=meta.name, path=directory, meta=meta, model=model.eval())
 
 
 def _b64_png(image: torch.Tensor) -> str:
@@ -42,13 +74,14 @@ class ImageModel:
         return {
             "id": self.m.name,
             "family": self.m.family,
-            "step": self.m.meta["step"],
+            "step": self.m.meta.step,
+            "lineage": lineage_card(self.m.meta),
             "created": int(self.m.path.stat().st_mtime),
             "image_size": self.cfg.image_size,
             "channels": self.cfg.channels,
             "conditional": bool(getattr(self.cfg, "conditional", False)),
             # unnamed classes (Parquet labels) are called by their index
-            "class_names": self.m.meta.get("class_names")
+            "class_names": self.m.meta.export.get("class_names")
             or [str(i) for i in range(getattr(self.cfg, "num_classes", 0))],
         }
 
@@ -108,3 +141,10 @@ class ImageModel:
 
         metrics.images_total().inc(steps, tags={"model": self.m.name, "route": "interpolate"})
         return await asyncio.to_thread(run)
+
+
+def deployment(directory: Path, meta: Meta, spec: Any, options: dict[str, Any]):
+    """A bound ``ImageModel`` deployment for one GAN or VAE checkpoint."""
+    return ImageModel.options(name=f"{meta.family}-{meta.name}", **options).bind(
+        str(directory), spec.max_batch_size, spec.batch_wait_timeout_s
+    )

@@ -1,18 +1,56 @@
-"""The language-model deployment: one per LM checkpoint, autoscaled by Ray Serve."""
+"""Serving side of the LM family: load a checkpoint, one deployment per LM checkpoint.
+
+Loads ``meta.json`` + ``model.safetensors`` + tokenizer files and nothing else:
+never training code, never a pickle (a ``pytorch_model.bin`` dropped into a
+checkpoint is ignored). The model is built from ``config.json``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import threading
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from ray import serve
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
+from genai.checkpoint import WEIGHTS, Meta, open_for_inference
 from genai.models.transformer import context_length, generate
 from genai.serve import metrics
-from genai.serve.loader import load_lm
+from genai.serve.cards import lineage_card
+
+
+@dataclass
+class LoadedLM:
+    name: str
+    path: Path
+    meta: Meta
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerFast
+
+
+def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> LoadedLM:
+    directory, meta = open_for_inference(path, "lm")
+    config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
+    state = load_file(directory / WEIGHTS)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"{directory / WEIGHTS}: unexpected tensors {unexpected[:5]}")
+    model.tie_weights()
+    # A key may be absent from the file only if it is tied to one that was loaded (lm_head ~ wte).
+    loaded_ptrs = {p.data_ptr() for n, p in model.state_dict().items() if n in state}
+    untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded_ptrs]
+    if untied:
+        raise ValueError(f"{directory / WEIGHTS}: missing tensors {untied[:5]}")
+    model.eval()
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
+    return LoadedLM(name=meta.name, path=directory, meta=meta, model=model, tokenizer=tokenizer)
 
 
 class PromptTooLong(ValueError):
@@ -35,7 +73,8 @@ class LanguageModel:
         return {
             "id": self.lm.name,
             "family": "lm",
-            "step": self.lm.meta["step"],
+            "step": self.lm.meta.step,
+            "lineage": lineage_card(self.lm.meta),
             "context_length": self.context,
             "created": int(self.lm.path.stat().st_mtime),
         }
@@ -84,3 +123,8 @@ class LanguageModel:
             "prompt_tokens": len(prompt_ids),
             "completion_tokens": len(out.tokens),
         }
+
+
+def deployment(directory: Path, meta: Meta, spec: Any, options: dict[str, Any]):
+    """A bound ``LanguageModel`` deployment for one checkpoint."""
+    return LanguageModel.options(name=f"lm-{meta.name}", **options).bind(str(directory))

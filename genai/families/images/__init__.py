@@ -1,0 +1,33 @@
+"""What the image families (GAN, VAE) share: the ``data:`` section for images."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from genai.specbase import Section
+
+ImageSize = Literal[8, 16, 32, 64]
+
+
+class ImageDataSpec(Section):
+    """Images. ``source: digits`` is scikit-learn's bundled 8x8 digits (offline, labelled)."""
+
+    kind: Literal["images"] = "images"
+    source: str = Field("digits", description="'digits', an image folder, or a Parquet file")
+    image_column: str = Field("image", description="Parquet column of encoded image bytes")
+    label_column: str | None = Field(None, description="Parquet column of integer labels")
+    labels_from_dirs: bool = Field(True, description="image folder: class = sub-directory name")
+    val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    max_images: int = Field(200_000, ge=10)
+    cache_dir: str = Field(
+        ".genai_cache",
+        description="the quality classifier is cached here (and copied into checkpoints)",
+    )
+    seed: int = Field(0, ge=0)
+
+
+def check_image_job(spec) -> None:
+    if spec.train.grad_accum_steps != 1:
+        raise ValueError(f"train.grad_accum_steps must be 1 for model.family {spec.model.family!r}")

@@ -1,0 +1,94 @@
+"""The language-model family: a Hugging Face causal LM trained on a text corpus."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from genai.families.base import Family
+from genai.specbase import Section
+
+
+class ModelSpec(Section):
+    """The network. ``family: lm`` is a Hugging Face causal LM."""
+
+    family: Literal["lm"] = "lm"
+    arch: Literal["gpt2", "llama"] = Field(
+        "gpt2", description="transformers architecture built from config"
+    )
+    pretrained_path: str | None = Field(
+        None, description="local from_pretrained directory to fine-tune; overrides the shape fields"
+    )
+    n_layer: int = Field(4, ge=1, le=256)
+    n_embd: int = Field(256, ge=8, le=65536)
+    n_head: int = Field(4, ge=1, le=1024)
+    n_kv_head: int | None = Field(None, ge=1, description="llama only: grouped-query KV heads")
+    intermediate_size: int | None = Field(
+        None, ge=8, description="llama MLP width (default ~8/3*n_embd, rounded to 64)"
+    )
+    max_position: int = Field(512, ge=16, le=1 << 20, description="context length of the model")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelSpec:
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"n_embd ({self.n_embd}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if self.n_kv_head is not None and self.n_head % self.n_kv_head:
+            raise ValueError(
+                f"n_head ({self.n_head}) must be divisible by model.n_kv_head ({self.n_kv_head})"
+            )
+        return self
+
+
+class TokenizerSpec(Section):
+    """Byte-level BPE trained on the corpus, or a local pretrained tokenizer."""
+
+    path: str | None = Field(
+        None, description="local tokenizer directory (AutoTokenizer); else train one"
+    )
+    vocab_size: int = Field(8192, ge=260, le=1 << 20)
+
+
+class DataSpec(Section):
+    """Text corpus. ``source: stdlib`` is the Python standard library's own source (offline)."""
+
+    kind: Literal["text"] = "text"
+    source: str = Field("stdlib", description="'stdlib', a file, a directory or a glob")
+    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
+    text_field: str = Field("text", description="JSONL key / Parquet column holding the text")
+    include: list[str] = Field(
+        default_factory=lambda: ["*.py"], description="globs for directory sources"
+    )
+    max_bytes: int = Field(8_000_000, ge=1_000, description="cap on corpus size read")
+    seq_len: int = Field(128, ge=8, le=1 << 20)
+    val_fraction: float = Field(0.05, gt=0.0, lt=0.5)
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
+    cache_dir: str = Field(
+        ".genai_cache", description="tokenized shards are cached here, keyed by content"
+    )
+    seed: int = Field(0, ge=0)
+
+
+def _check(spec: Any) -> None:
+    if spec.model.pretrained_path is None and spec.data.seq_len > spec.model.max_position:
+        raise ValueError(
+            f"data.seq_len ({spec.data.seq_len}) must be <= model.max_position ({spec.model.max_position})"
+        )
+
+
+FAMILY = Family(
+    name="lm",
+    model_spec=ModelSpec,
+    data_spec=DataSpec,
+    # bits per byte, not nats per token: comparable across tokenizers (a sweep may change them)
+    objective=("val_bpb", "min"),
+    metrics=("val_loss", "val_bpb", "loss", "tokens_per_s"),
+    lr_keys=("train.lr",),
+    prepare="genai.families.lm.data:prepare",
+    task="genai.families.lm.task:LMTask",
+    deployment="genai.families.lm.serving:deployment",
+    check=_check,
+)

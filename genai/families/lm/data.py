@@ -1,0 +1,21 @@
+"""Driver side of the LM family: tokenize (or reuse) the corpus, hand it to the workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from genai.data.tokens import prepare as prepare_tokens
+
+
+def prepare(spec: Any, log=print) -> dict[str, Any]:
+    """Data for the workers, through the object store (workers on other nodes read it too)."""
+    data = prepare_tokens(spec.data, log=log)
+    return {
+        "train_ref": ray.put(data.load("train")),
+        "val_ref": ray.put(data.load("val")),
+        "tokenizer_files": {p.name: p.read_bytes() for p in data.tokenizer_dir.iterdir()},
+        "vocab_size": data.vocab_size,
+        "eos_id": data.eos_id,
+    }

@@ -1,0 +1,54 @@
+"""The VAE family: a convolutional VAE trained on the ELBO."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from genai.families.base import Family
+from genai.families.images import ImageDataSpec, ImageSize, check_image_job
+from genai.specbase import Section
+
+
+class VAEModelSpec(Section):
+    """Convolutional VAE (genai/models/vae.py)."""
+
+    family: Literal["vae"]
+    image_size: ImageSize = 8
+    channels: Literal[1, 3] = 1
+    latent_dim: int = Field(16, ge=1, le=4096)
+    width: int = Field(32, ge=4, le=4096)
+    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
+
+
+class VAESpec(Section):
+    kl_warmup_steps: int = Field(0, ge=0, description="KL weight ramps 0 -> 1 over these steps")
+    iw_samples: int = Field(64, ge=1, description="k of the importance-weighted bound")
+    eval_images: int = Field(
+        256, ge=1, description="held-out images for the importance-weighted bound"
+    )
+
+
+FAMILY = Family(
+    name="vae",
+    model_spec=VAEModelSpec,
+    data_spec=ImageDataSpec,
+    section=VAESpec,
+    objective=("val_neg_elbo", "min"),
+    metrics=(
+        "val_neg_elbo",
+        "val_recon",
+        "val_kl",
+        "val_iw*_bound",
+        "neg_elbo",
+        "recon",
+        "kl",
+        "images_per_s",
+    ),
+    lr_keys=("train.lr",),
+    prepare="genai.families.vae.data:prepare",
+    task="genai.families.vae.task:VAETask",
+    deployment="genai.families.images.serving:deployment",
+    check=check_image_job,
+)
