@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench clean
+.PHONY: install demo test test-fast lint format bench bench-tune clean
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ format: install
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+
+bench-tune: install
+	$(BIN)/python bench/tune_efficiency.py
 
 clean:
 	rm -rf runs .genai_cache .pytest_cache .ruff_cache

@@ -2,6 +2,7 @@
 
     genai train jobs/lm-tiny.yaml --set train.max_steps=200      # embedded local Ray
     genai train jobs/lm-gpt2-small.yaml --address auto            # a node of a running cluster
+    genai tune jobs/tune-lm-lr.yaml                               # Ray Tune sweep; best -> runs/<sweep>/best
     genai serve runs/lm-tiny/checkpoints/latest --port 8000       # foreground; Ctrl-C stops it
     genai query "def fibonacci(" --max-tokens 64
     genai submit jobs/lm-tiny.yaml --address http://HEAD:8265     # through the Ray Jobs API
@@ -31,6 +32,25 @@ def _train(args: argparse.Namespace) -> int:
 
     path = train(spec, address=args.address, resume=args.resume, fresh=args.fresh)
     print(f"checkpoint: {path}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from genai.tune.spec import load_sweep
+
+    sweep = load_sweep(args.spec, args.set)  # before Ray starts: bad specs fail fast
+    if args.print_spec:
+        print(json.dumps(sweep.spec.model_dump(mode="json"), indent=2, default=str))
+        return 0
+    from genai.tune.run import SweepFailed, clear, tune_sweep
+
+    if args.fresh:
+        clear(sweep)
+    try:
+        tune_sweep(sweep, address=args.address, resume=args.resume)  # prints the best checkpoint
+    except SweepFailed as exc:
+        print(f"genai: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -160,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--print-spec", action="store_true", help="print the validated spec and exit")
     t.set_defaults(func=_train)
+
+    tu = sub.add_parser("tune", help="run a Ray Tune sweep (jobs/tune-*.yaml) over Ray Train runs")
+    tu.add_argument("spec", help="sweep spec YAML (jobs/tune-*.yaml)")
+    tu.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field"
+    )
+    tu.add_argument("--address", help="Ray cluster address; default: embedded local Ray")
+    g = tu.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    g.add_argument("--fresh", action="store_true", help="delete an earlier sweep's results first")
+    tu.add_argument("--print-spec", action="store_true", help="print the validated sweep and exit")
+    tu.set_defaults(func=_tune)
 
     s = sub.add_parser("serve", help="serve checkpoints over HTTP with Ray Serve (foreground)")
     s.add_argument(

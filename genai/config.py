@@ -57,7 +57,11 @@ class TrainSpec(Section):
     grad_clip: float = Field(1.0, ge=0.0, description="max grad norm; 0 disables")
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(50, ge=1)
-    eval_batches: int = Field(4, ge=1, description="micro-batches per worker per evaluation")
+    eval_batches: int | None = Field(
+        None,
+        ge=1,
+        description="micro-batches per worker per evaluation; default: the whole held-out split",
+    )
     seed: int = Field(0, ge=0)
 
     @model_validator(mode="after")

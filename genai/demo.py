@@ -163,6 +163,10 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
     log(
         f"\nlm-tiny validation loss: {h[0]['val_loss']:.3f} at step 0 -> {h[-1]['val_loss']:.3f} at step {h[-1]['step']} (nats/token)"
     )
+    log(
+        f"lm-tiny held-out bits per byte: {h[-1]['val_bpb']:.3f}; xz -9e on the same held-out files: "
+        f"{h[-1]['xz_bpb']:.3f} (model/xz {h[-1]['bpb_vs_xz']:.2f})"
+    )
     g = gan.history
     log(
         f"gan-digits feature FD: {g[0]['fd']:.1f} at step 0 -> {g[-1]['fd']:.1f} at step {g[-1]['step']} "

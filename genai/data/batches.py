@@ -79,12 +79,19 @@ def rank_share(n_items: int, limit: int, rank: int, world_size: int) -> np.ndarr
 
 
 def eval_batches(
-    tokens: np.ndarray, seq_len: int, micro_batch: int, n_batches: int, rank: int, world_size: int
+    tokens: np.ndarray,
+    seq_len: int,
+    micro_batch: int,
+    n_batches: int | None,
+    rank: int,
+    world_size: int,
 ) -> list[torch.Tensor]:
-    """A fixed, rank-strided slice of validation blocks (the same at every evaluation)."""
+    """A fixed, rank-strided slice of validation blocks (the same at every evaluation);
+    ``n_batches=None``: every block of the split."""
     n_blocks = len(tokens) // seq_len
     blocks = tokens[: n_blocks * seq_len].reshape(n_blocks, seq_len)
-    mine = blocks[rank_share(n_blocks, n_batches * micro_batch, rank, world_size)]
+    limit = n_blocks if n_batches is None else n_batches * micro_batch
+    mine = blocks[rank_share(n_blocks, limit, rank, world_size)]
     if len(mine) == 0:
         raise ValueError(
             f"validation split has {n_blocks} blocks of data.seq_len={seq_len}; "

@@ -3,12 +3,18 @@
 The driver prepares data once per spec: train (or load) a tokenizer, tokenize
 the corpus, split off validation documents, and write two Parquet files of
 token ids. A later run of the same spec over the same files reuses them.
+
+The held-out split is made of whole documents (a source file, a JSONL record):
+no piece of a held-out file is ever trained on. Beside it, the cache records its
+size in UTF-8 bytes and what ``xz -9e`` makes of it, so a model's bits per byte
+can be read against a general-purpose compressor on the very same text.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import shutil
 import tempfile
@@ -26,7 +32,7 @@ from genai.config import DataSpec
 from genai.data.corpus import iter_documents, resolve_files
 
 EOS = "<|endoftext|>"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _TOKENIZER_FILES = {"vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json"}
 
 
@@ -40,6 +46,8 @@ class TokenData:
     val_tokens: int
     vocab_size: int
     eos_id: int
+    val_bytes: int
+    xz_bpb: float
 
     def load(self, split: str) -> np.ndarray:
         return pq.read_table(self.dir / f"{split}.parquet").column("tokens").to_numpy()
@@ -90,22 +98,25 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
 
     t0 = time.perf_counter()
     docs = list(iter_documents(files, spec))
-    # Split by piece of document (not by token) so validation text is never trained on;
-    # long files are cut into ~8k-char pieces first, so one big file cannot swallow the split.
-    pieces = [p for d in docs for p in _pieces(d, 8192)]
-    if len(pieces) < 2:
+    if len(docs) < 2:
         raise ValueError(
-            f"data.source {spec.source!r} holds too little text to split off validation"
+            f"data.source {spec.source!r} holds {len(docs)} document(s); the held-out split "
+            "is made of whole documents, so it needs at least two"
         )
-    order = np.random.default_rng(spec.seed).permutation(len(pieces))
-    budget, val_idx = spec.val_fraction * sum(map(len, pieces)), set()
+    # Whole documents, in a seeded order, until val_fraction of the text; a document that
+    # would overshoot the rest of the budget is passed over (one big file cannot swallow it)
+    order = np.random.default_rng(spec.seed).permutation(len(docs))
+    budget, val_idx = spec.val_fraction * sum(map(len, docs)), set()
     for i in order:
         if budget <= 0:
             break
-        val_idx.add(int(i))
-        budget -= len(pieces[i])
-    val_docs = [pieces[i] for i in sorted(val_idx)]
-    train_docs = [pieces[i] for i in order if int(i) not in val_idx]
+        if len(docs[i]) <= budget:
+            val_idx.add(int(i))
+            budget -= len(docs[i])
+    if not val_idx:  # every document is bigger than the budget: hold out the smallest
+        val_idx.add(int(np.argmin([len(d) for d in docs])))
+    val_docs = [docs[i] for i in sorted(val_idx)]
+    train_docs = [docs[i] for i in order if int(i) not in val_idx]
     log(f"data: {len(files)} files, {len(docs)} documents, {sum(map(len, docs)) / 1e6:.1f}M chars")
 
     if spec.tokenizer.path:
@@ -130,13 +141,17 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
             )
             counts[split] = len(ids)
         tokenizer.save_pretrained(tmp / "tokenizer")
+        val_text = "".join(val_docs).encode("utf-8", "replace")
+        xz = lzma.compress(val_text, preset=9 | lzma.PRESET_EXTREME)
         meta = {
             "format": FORMAT_VERSION,
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
             "vocab_size": len(tokenizer),
             "eos_id": eos_id,
-            "pieces": {"train": len(train_docs), "val": len(val_docs)},
+            "documents": {"train": len(train_docs), "val": len(val_docs)},
+            "val_bytes": len(val_text),
+            "xz_bpb": 8 * len(xz) / max(1, len(val_text)),
             "spec": spec.model_dump(mode="json"),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
@@ -154,19 +169,6 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
         f"(vocab {len(tokenizer)}) in {time.perf_counter() - t0:.1f}s -> {out}"
     )
     return _token_data(out)
-
-
-def _pieces(doc: str, size: int) -> list[str]:
-    """Cut at line boundaries into pieces of about ``size`` characters."""
-    if len(doc) <= size:
-        return [doc]
-    out, start = [], 0
-    while start < len(doc):
-        end = doc.rfind("\n", start, start + size)
-        end = len(doc) if start + size >= len(doc) else (end + 1 if end > start else start + size)
-        out.append(doc[start:end])
-        start = end
-    return out
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, docs: list[str], eos_id: int) -> np.ndarray:
@@ -187,4 +189,23 @@ def _token_data(out: Path) -> TokenData:
         val_tokens=meta["val_tokens"],
         vocab_size=meta["vocab_size"],
         eos_id=meta["eos_id"],
+        val_bytes=meta["val_bytes"],
+        xz_bpb=meta["xz_bpb"],
     )
+
+
+def token_byte_lengths(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:
+    """UTF-8 bytes each token id stands for (special tokens: 0), for bits per byte.
+
+    Exact for byte-level BPE (GPT-2's and ours: one alphabet character per byte);
+    for other tokenizers, the bytes of each token decoded on its own."""
+    size = len(tokenizer)
+    special = set(tokenizer.all_special_ids)
+    out = np.zeros(size, dtype=np.int64)
+    byte_level = isinstance(tokenizer.backend_tokenizer.decoder, decoders.ByteLevel)
+    pieces = tokenizer.convert_ids_to_tokens(list(range(size)))
+    for i, piece in enumerate(pieces):
+        if i in special or piece is None:
+            continue
+        out[i] = len(piece) if byte_level else len(tokenizer.decode([i]).encode("utf-8"))
+    return out

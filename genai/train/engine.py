@@ -109,6 +109,7 @@ class Engine:
             betas=betas or (train.beta1, train.beta2),
             fused=torch.cuda.is_available(),
         )
+        self.base_lr = train.lr if lr is None else lr
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(train))
         self.ds_engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config
@@ -160,7 +161,22 @@ class Engine:
         )
         if client_state is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
+        self._apply_base_lr()
         return client_state
+
+    def _apply_base_lr(self) -> None:
+        """The spec's learning rate wins over the one saved with the scheduler state: a PBT
+        exploit continues another trial's checkpoint with a perturbed rate. (Plain resume:
+        the two are equal and this changes nothing.)"""
+        sched = self.scheduler
+        sched.base_lrs = [self.base_lr] * len(sched.base_lrs)
+        for group, factor in zip(
+            sched.optimizer.param_groups,
+            (f(sched.last_epoch) for f in sched.lr_lambdas),
+            strict=False,
+        ):
+            group["initial_lr"] = self.base_lr
+            group["lr"] = self.base_lr * factor
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Consolidated weights on rank 0 (None elsewhere). A collective under ZeRO-3."""

@@ -9,6 +9,7 @@ Everything comes from ``config``; nothing from module globals.
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import re
 import time
@@ -25,6 +26,10 @@ from genai import checkpoint as ckpt
 from genai.config import JobSpec
 from genai.pictures import save_curves
 from genai.train.tasks import make_task
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: the run stops rather than train on garbage."""
 
 
 def _barrier() -> None:
@@ -128,24 +133,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _barrier()
         return root / ckpt.step_name(step)
 
-    # 4. the loop
+    # 4. the loop (to max_steps, or to stop_at: a PBT trial runs in segments, and the LR
+    # schedule must still be the one for max_steps)
     t = spec.train
+    stop_at = min(int(config.get("stop_at") or t.max_steps), t.max_steps)
     if start == 0:
         history.append({"step": 0, **task.evaluate()})
         say(f"step 0 {_fmt(history[-1])}")
     window_t, window_steps, first_step_at = time.perf_counter(), 0, None
     metrics: dict[str, float] = {}
-    for step in range(start, t.max_steps):
+    for step in range(start, stop_at):
         torch.manual_seed(
             hash((t.seed, rank, step)) & 0x7FFFFFFF
         )  # dropout reproducible across resume
         out = task.train_step(step)
         done = step + 1
+        bad = {k: v for k, v in out.items() if not math.isfinite(v)}
+        if bad:
+            raise TrainingDiverged(
+                f"TrainingDiverged: {', '.join(f'{k} is {v}' for k, v in bad.items())} at step {done} "
+                f"(lr {task.lr:.3g}); lower the learning rate or raise train.warmup_steps"
+            )
         window_steps += 1
         if first_step_at is None:
             first_step_at = time.time()
             say(f"first step done {first_step_at - config['t_submit']:.1f}s after submit")
-        evaluate = done % t.eval_every == 0 or done == t.max_steps
+        last = done == stop_at
+        evaluate = done % t.eval_every == 0 or last
         if done % t.log_every == 0 or evaluate:
             elapsed = time.perf_counter() - window_t
             metrics = {
@@ -167,7 +181,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             window_t, window_steps = time.perf_counter(), 0
         every = spec.checkpoint.every_steps
-        if done == t.max_steps or (every and done % every == 0):
+        if last or (every and done % every == 0):
             path = save(done, metrics)
             ray.train.report({**metrics, "checkpoint_path": str(path)})
         elif done % t.log_every == 0 or evaluate:

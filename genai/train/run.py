@@ -40,8 +40,10 @@ def build_trainer(
     callbacks: Sequence[Any] = (),
     storage_path: Path | None = None,
     t_submit: float | None = None,
+    stop_at: int | None = None,
 ) -> TorchTrainer:
-    """A ``TorchTrainer`` that trains ``spec`` and commits checkpoints under ``root``."""
+    """A ``TorchTrainer`` that trains ``spec`` and commits checkpoints under ``root``;
+    ``stop_at`` ends the run early (a segment) without changing the LR schedule."""
     run_id = uuid.uuid4().hex[:8]
     config = {
         "spec": spec.model_dump(mode="json"),
@@ -50,6 +52,7 @@ def build_trainer(
         "resume_from": str(resume_from) if resume_from else None,
         "run_id": run_id,
         "t_submit": t_submit or time.time(),
+        "stop_at": stop_at,
     }
     resources = {"CPU": spec.scaling.cpus_per_worker}
     if spec.scaling.use_gpu:

@@ -85,7 +85,7 @@ FAMILY = Family(
     data_spec=DataSpec,
     # bits per byte, not nats per token: comparable across tokenizers (a sweep may change them)
     objective=("val_bpb", "min"),
-    metrics=("val_loss", "val_bpb", "loss", "tokens_per_s"),
+    metrics=("val_loss", "val_bpb", "bpb_vs_xz", "loss", "tokens_per_s"),
     lr_keys=("train.lr",),
     prepare="genai.families.lm.data:prepare",
     task="genai.families.lm.task:LMTask",

@@ -7,6 +7,7 @@ from typing import Any
 import ray
 
 from genai.data.tokens import prepare as prepare_tokens
+from genai.data.tokens import token_byte_lengths
 
 
 def prepare(spec: Any, log=print) -> dict[str, Any]:
@@ -18,4 +19,6 @@ def prepare(spec: Any, log=print) -> dict[str, Any]:
         "tokenizer_files": {p.name: p.read_bytes() for p in data.tokenizer_dir.iterdir()},
         "vocab_size": data.vocab_size,
         "eos_id": data.eos_id,
+        "token_bytes": token_byte_lengths(data.tokenizer()),
+        "xz_bpb": data.xz_bpb,
     }

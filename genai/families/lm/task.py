@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ class LMTask:
         train_tokens: np.ndarray = get_ref(data["train_ref"])
         val_tokens: np.ndarray = get_ref(data["val_ref"])
         self.tokenizer_files: dict[str, bytes] = data["tokenizer_files"]
+        self.token_bytes = torch.from_numpy(np.asarray(data["token_bytes"]))
+        self.xz_bpb: float | None = data.get("xz_bpb")
         t, d = spec.train, spec.data
         self.sampler = BlockSampler(
             train_tokens,
@@ -75,16 +78,26 @@ class LMTask:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Held-out loss in nats per token, and in bits per UTF-8 byte of the text it covers
+        (comparable across tokenizers, and with a compressor: ``xz_bpb`` on the same text)."""
         self.engine.train(False)
-        losses = [
-            float(
-                self.engine(
-                    input_ids=b.to(self.engine.device), labels=b.to(self.engine.device)
-                ).loss
-            )
-            for b in self.val
-        ]
-        return all_mean({"val_loss": sum(losses) / len(losses)}, self.engine.device)
+        nats = tokens = n_bytes = 0.0
+        for b in self.val:
+            ids = b.to(self.engine.device)
+            loss = float(self.engine(input_ids=ids, labels=ids).loss)
+            targets = b[:, 1:]  # (B, L-1): the tokens the loss predicts
+            nats += loss * targets.numel()
+            tokens += targets.numel()
+            n_bytes += float(self.token_bytes[targets].sum())
+        sums = all_mean({"nats": nats, "tokens": tokens, "bytes": n_bytes}, self.engine.device)
+        out = {
+            "val_loss": sums["nats"] / sums["tokens"],
+            "val_bpb": sums["nats"] / math.log(2) / max(1.0, sums["bytes"]),
+        }
+        if self.xz_bpb:
+            out["xz_bpb"] = self.xz_bpb
+            out["bpb_vs_xz"] = out["val_bpb"] / self.xz_bpb
+        return out
 
     def export(self, directory: Path) -> dict[str, Any]:
         """Consolidated weights + HF config + tokenizer (collective: every rank calls)."""
