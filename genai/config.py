@@ -77,8 +77,10 @@ class DeepSpeedSpec(Section):
     """How the model is sharded; the DeepSpeed JSON is generated from this."""
 
     zero_stage: Literal[0, 1, 2, 3] = 2
-    precision: Literal["bf16", "fp32"] = Field(
-        "bf16", description="fp16 is not available on the CPU"
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32; "
+        "fp16 is not available on the CPU",
     )
     offload_optimizer: bool = Field(False, description="keep optimizer state on the CPU (ZeRO 1-3)")
     compile: bool = Field(False, description="torch.compile the engine (GPU)")

@@ -42,7 +42,7 @@ def test_every_serve_config_validates(path):
         ),
         (
             {"deepspeed": {"precision": "fp16"}},
-            "deepspeed.precision must be one of 'bf16' or 'fp32', got 'fp16'",
+            "deepspeed.precision must be one of 'auto', 'bf16' or 'fp32', got 'fp16'",
         ),
         (
             {"train": {"warmup_steps": 500, "max_steps": 100}},

@@ -39,6 +39,23 @@ if not torch.cuda.is_available():
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them a bf16 matmul on the CPU is a slow emulation
+    (measured here: 0.8 GFLOP/s against 57 for fp32 on one core)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> ``bf16`` where the hardware computes in it natively, else ``fp32``."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "fp32"
+
+
 def lr_lambda(train: TrainSpec):
     """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
 
@@ -71,7 +88,7 @@ def deepspeed_config(ds: DeepSpeedSpec, train: TrainSpec, world_size: int) -> di
         "gradient_accumulation_steps": train.grad_accum_steps,
         "train_batch_size": train.micro_batch_size * train.grad_accum_steps * world_size,
         "gradient_clipping": train.grad_clip,
-        "bf16": {"enabled": ds.precision == "bf16"},
+        "bf16": {"enabled": resolve_precision(ds.precision) == "bf16"},
         "fp16": {"enabled": False},
         "zero_optimization": zero,
         # we pass a torch AdamW: it runs on CPU and GPU alike; DeepSpeed's CPU Adam needs a JIT build

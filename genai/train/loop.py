@@ -25,6 +25,7 @@ from genai import __version__
 from genai import checkpoint as ckpt
 from genai.config import JobSpec
 from genai.pictures import save_curves
+from genai.train.engine import resolve_precision
 from genai.train.tasks import make_task
 
 
@@ -55,6 +56,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(spec.train.seed)
+    if not spec.scaling.use_gpu:
+        # Ray leaves Train workers' OpenMP at the machine's core count: two workers on two
+        # cores would run four spinning threads. One thread per CPU the worker was given.
+        torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     say = (
         (lambda msg: print(f"[{spec.name}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
     )
@@ -62,7 +67,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # 2. data + model + DeepSpeed engine(s)
     task = make_task(spec, config["data"], rank, world)
     say(
-        f"{task.describe()}; {world} workers, ZeRO-{spec.deepspeed.zero_stage} {spec.deepspeed.precision}"
+        f"{task.describe()}; {world} workers, ZeRO-{spec.deepspeed.zero_stage} {resolve_precision(spec.deepspeed.precision)}"
     )
     root = Path(config["checkpoint_root"])
     history: list[dict[str, float]] = []  # evaluations

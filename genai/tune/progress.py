@@ -18,6 +18,10 @@ class ProgressTable(Callback):
         self.every_s, self.log = every_s, log
         self.rows: dict[str, dict[str, Any]] = {}
         self._last_print = 0.0
+        self._t0 = time.monotonic()
+
+    def _say(self, msg: str) -> None:
+        self.log(f"tune: [{time.monotonic() - self._t0:5.0f}s] {msg}")
 
     # Tune pickles its callbacks with the experiment state (for --resume); the log function
     # (print, a list's append in tests) is this process's business, not the state's.
@@ -25,7 +29,7 @@ class ProgressTable(Callback):
         return {k: v for k, v in self.__dict__.items() if k != "log"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, log=print)
+        self.__dict__.update(state, log=print, _t0=time.monotonic())
 
     def _row(self, trial) -> dict[str, Any]:
         row = self.rows.setdefault(trial.trial_id, {"step": 0, "value": math.nan, "best": math.nan})
@@ -34,7 +38,7 @@ class ProgressTable(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._row(trial)["status"] = "RUNNING"
-        self.log(f"tune: trial {trial.trial_id} started: {_short(trial.config)}")
+        self._say(f"trial {trial.trial_id} started: {_short(trial.config)}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         row = self._row(trial)
@@ -52,14 +56,13 @@ class ProgressTable(Callback):
         row = self._row(trial)
         row["status"] = "DONE" if row["step"] >= self.max_steps else "STOPPED"
         how = "finished" if row["status"] == "DONE" else "stopped early"
-        self.log(
-            f"tune: trial {trial.trial_id} {how} at step {row['step']}, "
-            f"{self.metric} {row['value']:.4g}"
+        self._say(
+            f"trial {trial.trial_id} {how} at step {row['step']}, {self.metric} {row['value']:.4g}"
         )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._row(trial)["status"] = "ERROR"
-        self.log(f"tune: trial {trial.trial_id} failed at step {self._row(trial)['step']}")
+        self._say(f"trial {trial.trial_id} failed at step {self._row(trial)['step']}")
 
     def print_table(self, trials) -> None:
         self._last_print = time.monotonic()

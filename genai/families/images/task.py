@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from genai.config import JobSpec
 from genai.data.batches import StepSampler
 from genai.quality import Classifier, save_classifier
-from genai.train.engine import Engine
+from genai.train.engine import Engine, resolve_precision
 from genai.train.tasks import get_ref, readonly_tensor, tensor_or_none
 
 CLASSIFIER = "classifier.safetensors"
@@ -50,7 +50,11 @@ class ImageTask:
     @property
     def dtype(self) -> torch.dtype:
         """The engines' parameter dtype; DeepSpeed does not cast inputs for us."""
-        return torch.bfloat16 if self.spec.deepspeed.precision == "bf16" else torch.float32
+        return (
+            torch.bfloat16
+            if resolve_precision(self.spec.deepspeed.precision) == "bf16"
+            else torch.float32
+        )
 
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = torch.from_numpy(self.sampler.indices(step))
