@@ -10,7 +10,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -166,8 +165,8 @@ def plot_curves(rows: list[TrialRow], sweep: Sweep, path: Path) -> Path:
     ax.set_ylabel(sweep.metric)
     ax.set_title(f"{sweep.name}: {sweep.metric} per trial (x: stopped early, o: ran to the end)")
     finite = [y for r in rows if r.status != "ERROR" for _, y in r.curve if math.isfinite(y)]
-    if finite:  # keep a diverging trial from squashing the others
-        lo, hi = np.percentile(finite, [0, 95])
+    if finite:  # failed trials (a diverging loss) are left out of the scale
+        lo, hi = min(finite), max(finite)
         ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.1 * (hi - lo))
     ax.grid(alpha=0.3)
     fig.tight_layout()
