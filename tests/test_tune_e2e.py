@@ -81,8 +81,9 @@ def test_asha_sweep_stops_weak_trials_early_and_promotes_the_best(asha):
     done = [r for r in rows if r.status == "DONE"]
     assert stopped and all(r.steps < 12 for r in stopped)
     assert done and all(r.steps == 12 for r in done)
-    # the weak learning rates are the ones cut short
-    assert all(r.config["train.lr"] == 1e-5 for r in rows if r.steps <= 4)
+    # the weak learning rates are always cut short: they meet a better trial's result at the
+    # first rung. (Which good rate goes on depends on which reached the rung first.)
+    assert all(r.status == "STOPPED" and r.steps == 4 for r in rows if r.config["train.lr"] == 1e-5)
     assert result.best.config["train.lr"] in (3e-3, 2e-3) and result.best.status == "DONE"
     # the trial table, in the log and on disk
     assert any(line.startswith("trial ") and "status" in line for line in log)

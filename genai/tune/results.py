@@ -45,10 +45,11 @@ def collect(grid, sweep: Sweep) -> list[TrialRow]:
     rows = []
     for result in grid:
         df = result.metrics_dataframe
-        trial_id = (result.metrics or {}).get("trial_id")
-        if trial_id is None:
-            m = _TRIAL_ID.search(Path(result.path).name)
-            trial_id = m.group(1) if m else Path(result.path).name
+        # from the trial's directory name: after a PBT exploit its metrics may carry the donor's
+        m = _TRIAL_ID.search(Path(result.path).name)
+        trial_id = (
+            m.group(1) if m else (result.metrics or {}).get("trial_id", Path(result.path).name)
+        )
         curve: list[tuple[int, float]] = []
         if df is not None and metric in df and "step" in df:
             ok = df[[metric, "step"]].dropna()

@@ -149,7 +149,9 @@ def tune_sweep(
                     name=sweep.name,
                     storage_path=str(root / "tune"),
                     failure_config=FailureConfig(max_failures=0),
-                    checkpoint_config=CheckpointConfig(num_to_keep=2),
+                    # keep every reported checkpoint: a PBT exploit may restore a donor's older
+                    # one while the donor goes on (num_to_keep would delete it under it)
+                    checkpoint_config=CheckpointConfig(num_to_keep=None),
                     callbacks=[progress],
                     verbose=0,
                 ),
