@@ -65,7 +65,7 @@ def collect(grid, sweep: Sweep) -> list[TrialRow]:
         rows.append(
             TrialRow(
                 trial_id=trial_id,
-                config={k: v for k, v in (result.config or {}).items()},
+                config=dict(result.config or {}),
                 status=status,
                 steps=steps,
                 last=curve[-1][1] if curve else math.nan,

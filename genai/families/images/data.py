@@ -11,9 +11,11 @@ from genai.data.images import load_images, to_model_range
 from genai.quality import cached_classifier, frechet_distance
 
 
-def prepare(spec: Any, log=print) -> dict[str, Any]:
-    """Images and labels through the object store; the classifier's weights by value (small)."""
-    images = load_images(spec.data, spec.model.image_size, spec.model.channels)
+def prepare(spec: Any, log=print, images: Any = None) -> dict[str, Any]:
+    """Images and labels through the object store; the classifier's weights by value (small).
+    ``images``: already loaded by the caller (the VAE family's baseline reads them too)."""
+    if images is None:
+        images = load_images(spec.data, spec.model.image_size, spec.model.channels)
     log(
         f"data: {len(images.train)} train + {len(images.val)} held-out images "
         f"{spec.model.channels}x{spec.model.image_size}x{spec.model.image_size}, {images.num_classes} classes"
