@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench bench-tune clean
+.PHONY: install demo test test-fast lint format bench bench-tune bench-serve clean
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ bench: install
 
 bench-tune: install
 	$(BIN)/python bench/tune_efficiency.py
+
+# genai serve against plain uvicorn baselines on the demo's lm-tiny and gan-digits
+# (trained first if `make demo` has not left them)
+bench-serve: install
+	test -e runs/lm-tiny/checkpoints/latest || $(BIN)/genai train jobs/lm-tiny.yaml
+	test -e runs/gan-digits/checkpoints/latest || $(BIN)/genai train jobs/gan-digits.yaml
+	$(BIN)/python bench/serve_throughput.py
 
 clean:
 	rm -rf runs .genai_cache .pytest_cache .ruff_cache

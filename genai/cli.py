@@ -92,23 +92,47 @@ def _query(args: argparse.Namespace) -> int:
         body["model"] = args.model
     if args.seed is not None:
         body["seed"] = args.seed
+    url = f"{args.url.rstrip('/')}/v1/completions"
     try:
-        r = httpx.post(
-            f"{args.url.rstrip('/')}/v1/completions",
-            json=body,
-            headers=headers,
-            timeout=args.timeout,
-        )
+        if args.stream:
+            return _query_stream(url, body, headers, args)
+        r = httpx.post(url, json=body, headers=headers, timeout=args.timeout)
     except httpx.HTTPError as exc:
         raise ConnectionError(f"cannot reach {args.url}: {exc}") from None
     data = r.json()
     if r.status_code != 200:
-        err = data.get("error", {})
-        raise ValueError(f"HTTP {r.status_code}: {err.get('message', data)}")
+        raise ValueError(f"HTTP {r.status_code}: {data.get('error', {}).get('message', data)}")
     if args.json:
         print(json.dumps(data, indent=2))
     else:
         print(args.prompt + data["choices"][0]["text"])
+    return 0
+
+
+def _query_stream(url: str, body: dict, headers: dict, args: argparse.Namespace) -> int:
+    """Print the completion as the server sends it (server-sent events)."""
+    import httpx
+
+    with httpx.stream(
+        "POST", url, json={**body, "stream": True}, headers=headers, timeout=args.timeout
+    ) as r:
+        if r.status_code != 200:
+            data = json.loads(r.read() or b"{}")
+            raise ValueError(f"HTTP {r.status_code}: {data.get('error', {}).get('message', data)}")
+        if not args.json:
+            print(args.prompt, end="", flush=True)
+        for line in r.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[len("data: ") :])
+            if "error" in event:
+                raise RuntimeError(f"stream failed: {event['error'].get('message')}")
+            if args.json:
+                print(json.dumps(event))
+            else:
+                print(event["choices"][0]["text"], end="", flush=True)
+    if not args.json:
+        print()
     return 0
 
 
@@ -216,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=None)
     q.add_argument("--api-key", default=os.environ.get("GENAI_API_KEY"))
     q.add_argument("--timeout", type=float, default=120)
-    q.add_argument("--json", action="store_true", help="print the whole response")
+    q.add_argument("--stream", action="store_true", help="print tokens as they are generated")
+    q.add_argument(
+        "--json", action="store_true", help="print the whole response (with --stream: each event)"
+    )
     q.set_defaults(func=_query)
 
     sb = sub.add_parser(

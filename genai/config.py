@@ -186,7 +186,8 @@ class AutoscalingSpec(Section):
 
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
-    target_ongoing_requests: float = Field(2.0, gt=0)
+    # a replica decodes up to serve.lm.max_batch_size requests at once: scale out on half of that
+    target_ongoing_requests: float = Field(16.0, gt=0)
     upscale_delay_s: float = Field(3.0, ge=0)
     downscale_delay_s: float = Field(30.0, ge=0)
     # Serve pushes replica metrics every 10 s by default and wants a longer window
@@ -201,25 +202,45 @@ class AutoscalingSpec(Section):
         return self
 
 
+class DecodingSpec(Section):
+    """Continuous batching of LM requests inside a replica (genai/models/decoding.py)."""
+
+    max_batch_size: int = Field(
+        32, ge=1, le=1024, description="sequences decoded together; more requests queue"
+    )
+    max_batch_tokens: int = Field(
+        16384,
+        ge=16,
+        description="cap on prompt + max_tokens summed over the batch (KV cache memory)",
+    )
+
+
+class ImageBatchSpec(Section):
+    """``@serve.batch`` for image generation requests."""
+
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+
+
 class ServeSpec(Section):
     host: str = Field("127.0.0.1", description="bind address of the HTTP proxy")
     port: int = Field(8000, ge=1, le=65535)
     checkpoints: list[str] = Field(default_factory=list, description="checkpoint dirs to serve")
     num_cpus: float = Field(
-        0.5, gt=0, description="CPUs per model replica (fractions fit beside training)"
+        0.5, gt=0, description="CPUs per replica (fractions fit beside training)"
     )
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; models run in bf16 there")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
-    max_ongoing_requests: int = Field(8, ge=1)
+    # Above lm.max_batch_size: Serve must let enough requests in for a full decode batch
+    max_ongoing_requests: int = Field(64, ge=1)
     max_tokens_limit: int = Field(
         1024, ge=1, description="largest max_tokens a request may ask for"
     )
     max_body_bytes: int = Field(
         1_000_000, ge=1024, description="requests with larger bodies get 413"
     )
-    max_batch_size: int = Field(
-        8, ge=1, description="image requests stacked into one forward (@serve.batch)"
-    )
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+    lm: DecodingSpec = Field(default_factory=DecodingSpec)
+    images: ImageBatchSpec = Field(default_factory=ImageBatchSpec)
     api_keys_env: str = Field(
         "GENAI_API_KEYS", description="env var with comma-separated API keys; unset: open"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import socket
 import time
 from pathlib import Path
@@ -91,6 +92,23 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
                     text = r.json()["choices"][0]["text"]
                     result["completions"].append((prompt, text))
                     log(f"\n--- POST /v1/completions prompt={prompt!r}\n{prompt}{text}")
+
+                # the same completion streamed (server-sent events): `genai query --stream`
+                prompt = PROMPTS[0]
+                body = {"model": "lm-tiny", "prompt": prompt, "max_tokens": 48}
+                body |= {"temperature": 0.7, "seed": 0, "stream": True}
+                pieces = []
+                with client.stream("POST", "/v1/completions", json=body) as r:
+                    r.raise_for_status()
+                    for line in r.iter_lines():
+                        if line.startswith("data: {"):
+                            pieces.append(json.loads(line[6:])["choices"][0]["text"])
+                result["stream_chunks"] = len(pieces)
+                same = "".join(pieces) == result["completions"][0][1]
+                log(
+                    f"\n--- the first prompt again with stream=true: {len(pieces)} events, "
+                    f"{'the same text' if same else 'A DIFFERENT TEXT'} as the plain request"
+                )
 
                 rows = []
                 for digit in range(10):

@@ -108,7 +108,8 @@ def zero3_checkpoint(ray_session, tmp_path_factory, corpus_dir, cache_dir) -> Pa
     from genai.config import parse_job
     from genai.train.run import train
 
-    raw = merge(TINY, {"name": "tiny-z3", "deepspeed": {"zero_stage": 3}})
+    # trained on its whole context: the server offers what training covered (96 positions)
+    raw = merge(TINY, {"name": "tiny-z3", "deepspeed": {"zero_stage": 3}, "data": {"seq_len": 96}})
     raw = merge(raw, {"data": {"source": str(corpus_dir), "cache_dir": str(cache_dir)}})
     raw = merge(raw, {"checkpoint": {"dir": str(tmp_path_factory.mktemp("z3") / "ckpt")}})
     return train(parse_job(raw))

@@ -1,4 +1,4 @@
-"""DeepSpeed config generation, LR schedule, checkpoint commit rules, sampling."""
+"""DeepSpeed config generation, LR schedule, checkpoint commit rules, batched decoding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ import torch
 
 from genai import checkpoint as ckpt
 from genai.config import DeepSpeedSpec, ModelSpec, TrainSpec
-from genai.models.transformer import _sample, build_lm, generate
+from genai.models.decoding import (
+    BatchDecoder,
+    Generation,
+    Sampling,
+    StopText,
+    generate,
+    sample_rows,
+)
+from genai.models.transformer import build_lm
 from genai.train.engine import deepspeed_config, lr_lambda
 
 
@@ -64,15 +72,18 @@ def test_commit_is_atomic_and_latest_moves(tmp_path):
         ckpt.resolve(root / "step-000004")
 
 
-def test_generate_uses_cache_and_is_seeded():
+def _tiny_lm(arch: str = "gpt2"):
     torch.manual_seed(0)
-    model = build_lm(
-        ModelSpec(n_layer=1, n_embd=16, n_head=2, max_position=64), vocab_size=50, eos_id=0
-    ).eval()
-    a = generate(model, [1, 2, 3], 10, temperature=1.0, seed=7)
-    b = generate(model, [1, 2, 3], 10, temperature=1.0, seed=7)
+    spec = ModelSpec(arch=arch, n_layer=2, n_embd=32, n_head=4, max_position=64)
+    return build_lm(spec, vocab_size=60, eos_id=0).eval()
+
+
+def test_generate_uses_cache_and_is_seeded():
+    model = _tiny_lm()
+    a = generate(model, [1, 2, 3], Sampling(10, temperature=1.0, seed=7))
+    b = generate(model, [1, 2, 3], Sampling(10, temperature=1.0, seed=7))
     assert a.tokens == b.tokens and a.finish_reason in ("length", "stop")
-    greedy = generate(model, [1, 2, 3], 5, temperature=0.0)
+    greedy = generate(model, [1, 2, 3], Sampling(5, temperature=0.0))
     # greedy with the KV cache matches a full forward over the growing sequence
     ids = [1, 2, 3]
     for _ in greedy.tokens:
@@ -80,13 +91,94 @@ def test_generate_uses_cache_and_is_seeded():
     assert ids[3 : 3 + len(greedy.tokens)] == greedy.tokens
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_batched_decoding_matches_each_sequence_decoded_alone(arch):
+    """Sequences of different prompt lengths, joining a running batch at different steps,
+    with their own seeds and settings, give the tokens each gives alone."""
+    model = _tiny_lm(arch)
+    prompts = [[1, 2, 3], [4] * 9, [8, 9], [10, 11, 12, 13, 14, 15]]
+    settings = [
+        Sampling(12, temperature=1.0, top_p=0.9, seed=1),
+        Sampling(12, temperature=0.0),
+        Sampling(5, temperature=0.7, seed=3),
+        Sampling(12, temperature=1.2, top_p=0.5, seed=4),
+    ]
+    alone = [generate(model, p, s).tokens for p, s in zip(prompts, settings, strict=True)]
+    dec = BatchDecoder(model, eos_id=None, max_batch_size=8)
+    gens = [dec.submit(Generation(p, s)) for p, s in zip(prompts[:2], settings[:2], strict=True)]
+    for _ in range(3):
+        dec.step()
+    gens.append(dec.submit(Generation(prompts[2], settings[2])))
+    for _ in range(4):
+        dec.step()
+    gens.append(dec.submit(Generation(prompts[3], settings[3])))
+    sizes = []
+    while dec.busy:
+        dec.step()
+        sizes.append(len(dec.rows))
+    assert [g.tokens for g in gens] == alone
+    assert max(sizes) >= 2  # they really shared forward passes
+    assert [g.finish_reason for g in gens] == ["length"] * 4
+
+
+def test_batch_size_and_token_budget_queue_the_rest():
+    model = _tiny_lm()
+    dec = BatchDecoder(model, eos_id=None, max_batch_size=2, max_batch_tokens=40)
+    gens = [dec.submit(Generation([1, 2], Sampling(8, seed=i))) for i in range(3)]
+    big = dec.submit(Generation([1] * 20, Sampling(30, seed=9)))  # 50 > the whole budget
+    dec.step()
+    assert len(dec.rows) == 2 and dec.queued == 2
+    dec.run_until_idle()
+    assert all(g.finish_reason == "length" for g in [*gens, big]) and len(big.tokens) == 30
+
+
+def test_cancelled_sequence_frees_its_row_at_the_next_step():
+    model = _tiny_lm()
+    dec = BatchDecoder(model, eos_id=None)
+    a = dec.submit(Generation([1, 2], Sampling(30, seed=1)))
+    b = dec.submit(Generation([3, 4], Sampling(30, seed=2)))
+    dec.step()
+    a.cancel()
+    dec.step()
+    assert dec.rows == [b] and not a.finished
+    dec.run_until_idle()
+    assert len(b.tokens) == 30 and len(a.tokens) < 30
+
+
+def test_stop_text_holds_back_what_a_stop_string_may_take():
+    pieces = ["ab", "c", "X", "Y", "de"]
+
+    def decode(ids):
+        return "".join(pieces[i] for i in ids)
+
+    t = StopText(decode, ["XYZ", "de"])
+    out = [t.update(list(range(n))) for n in range(1, 6)]
+    assert "".join(out) == "abcXY" and t.stopped and t.text == "abcXY"
+    assert out[0] == ""  # 'ab' might begin 'XYZ'? no, but 2 chars are held back
+    u = StopText(decode, ["Q"])
+    assert "".join(u.update(list(range(n))) for n in range(1, 6)) == "abcXYde"
+
+
+def test_served_context_is_the_trained_length(tmp_path):
+    """Positions past the training seq_len were never trained: the server stops there."""
+    from types import SimpleNamespace
+
+    from genai.families.lm.serving import LoadedLM
+
+    model = _tiny_lm()  # max_position 64
+    lm = LoadedLM("m", tmp_path, SimpleNamespace(spec={"data": {"seq_len": 32}}), model, None)
+    assert lm.context == 32
+    lm.meta = SimpleNamespace(spec={"data": {"seq_len": 64}})
+    assert lm.context == 64
+
+
 def test_top_p_keeps_the_nucleus():
-    logits = torch.log(torch.tensor([0.6, 0.3, 0.05, 0.05]))
-    gen = torch.Generator().manual_seed(0)
-    picks = {_sample(logits, 1.0, 0.5, gen) for _ in range(200)}
-    assert picks == {0}  # top_p 0.5: only the 0.6 token is in the nucleus
-    picks = {_sample(logits, 1.0, 0.85, gen) for _ in range(400)}
-    assert picks == {0, 1}
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]])).repeat(400, 1)
+    u = torch.rand(400, generator=torch.Generator().manual_seed(0))
+    one = torch.ones(400)
+    assert set(sample_rows(logits, one, one * 0.5, u).tolist()) == {0}
+    assert set(sample_rows(logits, one, one * 0.85, u).tolist()) == {0, 1}
+    assert set(sample_rows(logits, one * 0, one, u).tolist()) == {0}  # greedy
 
 
 def test_llama_architecture_builds_and_trains_a_step():
@@ -107,7 +199,7 @@ def test_serving_imports_no_training_code():
     code = (
         "import sys, genai.serve.app, genai.serve.run\n"
         "from genai.families import FAMILIES\n"
-        "for f in FAMILIES.values(): f.load('deployment')\n"
+        "for f in FAMILIES.values(): f.load('server')\n"
         "print(sorted(m for m in sys.modules if m.startswith('genai.train') or m == 'deepspeed'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -3,7 +3,7 @@
     genai/families/<name>/__init__.py   spec sections, objective, FAMILY = Family(...)
     genai/families/<name>/data.py       driver-side data preparation
     genai/families/<name>/task.py       the training task (steps, evaluation, export)
-    genai/families/<name>/serving.py    checkpoint loader and Serve deployment
+    genai/families/<name>/serving.py    checkpoint loader and the server the gateway holds
     genai/models/<name>.py              the torch model
 
 and one line in ``FAMILIES`` below.

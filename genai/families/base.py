@@ -1,7 +1,7 @@
 """What a model family is: one registered unit (torchtitan's ModelSpec, for genai).
 
 Everything family-specific hangs off a :class:`Family`: its spec sections, the
-driver-side data preparation, the training task, the serving deployment, and
+driver-side data preparation, the training task, the serving side, and
 the metric a sweep optimises by default. Heavy parts are named as
 ``"module:attribute"`` and imported on first use, so that ``genai.config`` and
 ``genai.serve`` can read the registry without importing training code
@@ -41,8 +41,9 @@ class Family:
     """driver side: ``prepare(spec, log) -> dict`` of data for the workers (Ray connected)"""
     task: str
     """worker side: ``Task(spec, data, rank, world_size)`` (see genai/train/tasks.py)"""
-    deployment: str
-    """serving: ``deployment(directory, meta, serve_spec, options) -> bound Serve deployment``"""
+    server: str
+    """serving: ``server(directory, meta, serve_spec) -> object`` held in the gateway replica
+    (``info()``, ``close()`` and the family's request methods)"""
     section: type[Section] | None = None
     """the family's own top-level section (``gan:``, ``vae:``), if it has one"""
     check: Callable[[Any], None] | None = field(default=None, repr=False)
@@ -51,5 +52,5 @@ class Family:
     def knows_metric(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.metrics)
 
-    def load(self, part: Literal["prepare", "task", "deployment"]) -> Any:
+    def load(self, part: Literal["prepare", "task", "server"]) -> Any:
         return load_attr(getattr(self, part))

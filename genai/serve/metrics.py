@@ -46,3 +46,13 @@ def images_total() -> metrics.Counter:
         description="images generated, reconstructed or interpolated",
         tag_keys=("model", "route"),
     )
+
+
+@cache
+def decode_batch_size() -> metrics.Histogram:
+    return metrics.Histogram(
+        "genai_decode_batch_size",
+        description="sequences in each LM decode step (continuous batching)",
+        boundaries=[1, 2, 4, 8, 16, 24, 32, 48, 64, 128],
+        tag_keys=("model",),
+    )

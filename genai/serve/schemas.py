@@ -1,4 +1,4 @@
-"""Request and response bodies, in OpenAI's completions shapes so existing clients work.
+"""Request and response bodies, in OpenAI's shapes so existing clients work.
 
 Strict: ``"5"`` is not an integer and ``true`` is not a number. Unknown fields
 that OpenAI clients send (``user``, ``logprobs`` ...) are ignored.
@@ -15,13 +15,20 @@ from pydantic import BaseModel, ConfigDict, Field
 MAX_TOKENS_CEILING = 1 << 16
 
 
-class CompletionRequest(BaseModel):
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    include_usage: bool = False
+
+
+class _Sampled(BaseModel):
+    """Fields every LM route shares."""
+
     model_config = ConfigDict(strict=True, extra="ignore")
 
     model: str | None = Field(
         None, max_length=128, description="model id; optional when one model is served"
     )
-    prompt: str = Field(max_length=200_000)
     max_tokens: int = Field(16, ge=1, le=MAX_TOKENS_CEILING)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -32,6 +39,25 @@ class CompletionRequest(BaseModel):
         | None
     ) = None
     n: Literal[1] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class CompletionRequest(_Sampled):
+    prompt: str = Field(max_length=200_000)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(max_length=200_000)
+
+
+class ChatCompletionRequest(_Sampled):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    # OpenAI's newer name for max_tokens; either may be sent
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
 
 
 class Choice(BaseModel):
@@ -56,6 +82,27 @@ class CompletionResponse(BaseModel):
     usage: Usage
 
 
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatChoiceMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -64,6 +111,7 @@ class ModelCard(BaseModel):
     family: str
     step: int
     context_length: int | None = None
+    chat: bool | None = Field(None, description="LM whose tokenizer has a chat template")
     image_size: int | None = None
     channels: int | None = None
     conditional: bool | None = None

@@ -54,6 +54,6 @@ FAMILY = Family(
     lr_keys=("gan.g_lr", "gan.d_lr"),
     prepare="genai.families.images.data:prepare",
     task="genai.families.gan.task:GANTask",
-    deployment="genai.families.images.serving:deployment",
+    server="genai.families.images.serving:server",
     check=check_image_job,
 )

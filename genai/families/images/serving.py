@@ -1,4 +1,4 @@
-"""Serving side of the image families: a GAN's generator or a VAE, one deployment per checkpoint.
+"""Serving side of the image families: a GAN's generator or a VAE, held in the gateway replica.
 
 Rebuilt from ``meta.json``'s ``export.model_config`` + ``model.safetensors``; never a pickle.
 Generation requests are batched with ``@serve.batch``: concurrent requests are
@@ -58,17 +58,15 @@ def _b64_png(image: torch.Tensor) -> str:
     return base64.b64encode(png_bytes(image)).decode()
 
 
-@serve.deployment
-class ImageModel:
-    def __init__(
-        self, checkpoint: str, max_batch_size: int = 8, batch_wait_timeout_s: float = 0.01
-    ) -> None:
+class ImageServer:
+    def __init__(self, directory: Path, meta: Meta, spec: Any) -> None:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.m = load_image_model(checkpoint)
+        self.m = load_image_model(directory)
+        self.family = self.m.family
         self.cfg = self.m.model.cfg
         self._lock = threading.Lock()
-        self._generate_batch.set_max_batch_size(max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._generate_batch.set_max_batch_size(spec.images.max_batch_size)
+        self._generate_batch.set_batch_wait_timeout_s(spec.images.batch_wait_timeout_s)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -142,9 +140,9 @@ class ImageModel:
         metrics.images_total().inc(steps, tags={"model": self.m.name, "route": "interpolate"})
         return await asyncio.to_thread(run)
 
+    def close(self) -> None:
+        pass
 
-def deployment(directory: Path, meta: Meta, spec: Any, options: dict[str, Any]):
-    """A bound ``ImageModel`` deployment for one GAN or VAE checkpoint."""
-    return ImageModel.options(name=f"{meta.family}-{meta.name}", **options).bind(
-        str(directory), spec.max_batch_size, spec.batch_wait_timeout_s
-    )
+
+def server(directory: Path, meta: Meta, spec: Any) -> ImageServer:
+    return ImageServer(directory, meta, spec)

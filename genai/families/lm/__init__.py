@@ -89,6 +89,6 @@ FAMILY = Family(
     lr_keys=("train.lr",),
     prepare="genai.families.lm.data:prepare",
     task="genai.families.lm.task:LMTask",
-    deployment="genai.families.lm.serving:deployment",
+    server="genai.families.lm.serving:server",
     check=_check,
 )

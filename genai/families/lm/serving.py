@@ -1,26 +1,30 @@
-"""Serving side of the LM family: load a checkpoint, one deployment per LM checkpoint.
+"""Serving side of the LM family: load a checkpoint, decode requests in continuous batches.
 
 Loads ``meta.json`` + ``model.safetensors`` + tokenizer files and nothing else:
 never training code, never a pickle (a ``pytorch_model.bin`` dropped into a
 checkpoint is ignored). The model is built from ``config.json``.
+
+:class:`LMServer` lives inside the gateway's replica (no extra Serve hop): a
+:class:`~genai.models.decoding.BatchDecoder` thread runs the forward passes,
+and requests wait on asyncio futures/queues fed from that thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import threading
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from ray import serve
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from genai.checkpoint import WEIGHTS, Meta, open_for_inference
-from genai.models.transformer import context_length, generate
+from genai.models.decoding import BatchDecoder, Generation, Sampling
+from genai.models.transformer import context_length
 from genai.serve import metrics
 from genai.serve.cards import lineage_card
 
@@ -33,8 +37,18 @@ class LoadedLM:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerFast
 
+    @property
+    def context(self) -> int:
+        """Positions the model was trained on: ``max_position`` may be larger than the
+        training ``seq_len``, and positions past it were never trained."""
+        built = context_length(self.model.config)
+        trained = (self.meta.spec.get("data") or {}).get("seq_len")
+        return min(built, int(trained)) if trained else built
 
-def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> LoadedLM:
+
+def load_lm(
+    path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> LoadedLM:
     directory, meta = open_for_inference(path, "lm")
     config = AutoConfig.from_pretrained(directory, local_files_only=True)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=dtype)
@@ -48,7 +62,7 @@ def load_lm(path: str | Path, dtype: torch.dtype = torch.float32) -> LoadedLM:
     untied = [k for k in missing if model.state_dict()[k].data_ptr() not in loaded_ptrs]
     if untied:
         raise ValueError(f"{directory / WEIGHTS}: missing tensors {untied[:5]}")
-    model.eval()
+    model.to(device).eval()
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
     return LoadedLM(name=meta.name, path=directory, meta=meta, model=model, tokenizer=tokenizer)
 
@@ -57,17 +71,45 @@ class PromptTooLong(ValueError):
     pass
 
 
-@serve.deployment
-class LanguageModel:
-    """Holds one model; ``complete`` takes a validated request dict and returns a completion."""
+class NoChatTemplate(ValueError):
+    pass
 
-    def __init__(self, checkpoint: str) -> None:
-        # each replica gets a fraction of a core; more torch threads than that only contend
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.lm = load_lm(checkpoint)
-        self.context = context_length(self.lm.model.config)
-        self.eos_id = self.lm.tokenizer.eos_token_id
-        self._lock = threading.Lock()  # one generation at a time per replica: they share the cores
+
+@dataclass
+class Event:
+    """What a request's listener hands to asyncio after a token: new text, and the end."""
+
+    delta: str
+    finish_reason: str | None
+    error: BaseException | None
+
+
+class LMServer:
+    """One LM checkpoint in a gateway replica: prompt checks, batching, streams."""
+
+    family = "lm"
+
+    def __init__(self, directory: Path, meta: Meta, spec: Any) -> None:
+        cuda = spec.num_gpus > 0 and torch.cuda.is_available()
+        if not cuda:  # each replica gets a fraction of a core; more threads only contend
+            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        self.lm = load_lm(
+            directory,
+            dtype=torch.bfloat16 if cuda else torch.float32,
+            device="cuda" if cuda else "cpu",
+        )
+        self.tokenizer = self.lm.tokenizer
+        self.eos_id = self.tokenizer.eos_token_id
+        self.context = self.lm.context
+        name = self.lm.name
+        self.decoder = BatchDecoder(
+            self.lm.model,
+            eos_id=self.eos_id,
+            max_batch_size=spec.lm.max_batch_size,
+            max_batch_tokens=spec.lm.max_batch_tokens,
+            on_step=lambda n, _s: metrics.decode_batch_size().observe(n, tags={"model": name}),
+        )
+        self.decoder.start(name=f"decoder-{name}")
 
     def info(self) -> dict[str, Any]:
         return {
@@ -76,55 +118,109 @@ class LanguageModel:
             "step": self.lm.meta.step,
             "lineage": lineage_card(self.lm.meta),
             "context_length": self.context,
+            "chat": self.tokenizer.chat_template is not None,
             "created": int(self.lm.path.stat().st_mtime),
         }
 
-    async def complete(self, req: dict[str, Any]) -> dict[str, Any]:
-        return await asyncio.to_thread(self._complete, req)
+    def health(self) -> dict[str, int]:
+        return self.decoder.stats()
 
-    def _complete(self, req: dict[str, Any]) -> dict[str, Any]:
-        tok = self.lm.tokenizer
-        prompt_ids = tok(req["prompt"], add_special_tokens=False)["input_ids"] or [self.eos_id]
+    # ----------------------------------------------------------------- requests
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if self.tokenizer.chat_template is None:
+            raise NoChatTemplate(
+                f"model {self.lm.name!r} has no chat template (its tokenizer defines none); "
+                "use /v1/completions with a plain prompt"
+            )
+        return self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+
+    def open(self, req: dict[str, Any], prompt: str, stream: bool) -> Generation:
+        """A validated, not yet submitted generation; raises PromptTooLong."""
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] or [self.eos_id]
         if len(prompt_ids) + req["max_tokens"] > self.context:
             raise PromptTooLong(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({req['max_tokens']}) exceeds "
-                f"the model's context length ({self.context})"
+                f"the model's context length ({self.context}, the length it was trained on)"
             )
-        stops = [req["stop"]] if isinstance(req.get("stop"), str) else list(req.get("stop") or [])
-
-        def stop_check(tokens: list[int]) -> bool:
-            if not stops:
-                return False
-            tail = tok.decode(tokens[-16:])  # stop strings are <= 64 chars; 16 tokens covers most
-            return any(s in tail for s in stops)
-
-        with self._lock:
-            out = generate(
-                self.lm.model,
-                prompt_ids,
-                req["max_tokens"],
-                temperature=req["temperature"],
-                top_p=req["top_p"],
-                eos_id=self.eos_id,
-                seed=req.get("seed"),
-                stop_check=stop_check,
-            )
-        text = tok.decode(out.tokens)
-        for s in stops:  # OpenAI semantics: the stop sequence is not part of the text
-            if s in text:
-                text = text[: text.index(s)]
-        metrics.tokens_total().inc(len(prompt_ids), tags={"model": self.lm.name, "kind": "prompt"})
-        metrics.tokens_total().inc(
-            len(out.tokens), tags={"model": self.lm.name, "kind": "completion"}
+        stop = req.get("stop")
+        sampling = Sampling(
+            max_tokens=req["max_tokens"],
+            temperature=req["temperature"],
+            top_p=req["top_p"],
+            seed=req.get("seed"),
+            stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
         )
-        return {
-            "text": text,
-            "finish_reason": out.finish_reason,
-            "prompt_tokens": len(prompt_ids),
-            "completion_tokens": len(out.tokens),
-        }
+        return Generation(prompt_ids, sampling, decode=self._decode, stream=stream)
+
+    def _decode(self, ids: list[int]) -> str:
+        # no clean-up of spaces: the text of a prefix stays a prefix of the text (streams)
+        return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+
+    async def complete(self, gen: Generation) -> Generation:
+        """Decode to the end; cancelling the awaiting task frees the sequence's slot."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def listener(g: Generation) -> None:  # decoder thread
+            if g.finished:
+                loop.call_soon_threadsafe(_resolve, done)
+
+        gen.listener = listener
+        self.decoder.submit(gen)
+        try:
+            await done
+        finally:
+            if not gen.finished:
+                gen.cancel()
+        if gen.error is not None:
+            raise gen.error
+        self._count(gen)
+        return gen
+
+    async def stream(self, gen: Generation) -> AsyncIterator[Event]:
+        """Text deltas as the decoder makes them; closing the iterator frees the slot."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+
+        def listener(g: Generation) -> None:  # decoder thread
+            event = Event(g.delta, g.finish_reason, g.error)
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+            except RuntimeError:  # the replica's loop is closing
+                g.cancel()
+
+        gen.listener = listener
+        self.decoder.submit(gen)
+        try:
+            while True:
+                event = await queue.get()
+                if event.error is not None:
+                    raise event.error
+                if event.delta or event.finish_reason:
+                    yield event
+                if event.finish_reason:
+                    self._count(gen)
+                    return
+        finally:
+            if not gen.finished:
+                gen.cancel()
+
+    def _count(self, gen: Generation) -> None:
+        tags = {"model": self.lm.name}
+        metrics.tokens_total().inc(len(gen.prompt_ids), tags={**tags, "kind": "prompt"})
+        metrics.tokens_total().inc(len(gen.tokens), tags={**tags, "kind": "completion"})
+
+    def close(self) -> None:
+        self.decoder.close()
 
 
-def deployment(directory: Path, meta: Meta, spec: Any, options: dict[str, Any]):
-    """A bound ``LanguageModel`` deployment for one checkpoint."""
-    return LanguageModel.options(name=f"lm-{meta.name}", **options).bind(str(directory))
+def _resolve(fut: asyncio.Future) -> None:
+    if not fut.done():  # the request may have been cancelled meanwhile
+        fut.set_result(None)
+
+
+def server(directory: Path, meta: Meta, spec: Any) -> LMServer:
+    return LMServer(directory, meta, spec)

@@ -49,6 +49,6 @@ FAMILY = Family(
     lr_keys=("train.lr",),
     prepare="genai.families.vae.data:prepare",
     task="genai.families.vae.task:VAETask",
-    deployment="genai.families.images.serving:deployment",
+    server="genai.families.images.serving:server",
     check=check_image_job,
 )
