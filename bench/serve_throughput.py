@@ -53,19 +53,28 @@ async def _load(url: str, bodies: list[dict], concurrency: int, duration: float)
             body = bodies[k % len(bodies)]
             k += concurrency
             t0 = time.perf_counter()
-            async with session.post(url, json=body) as r:
-                data = await r.json()
-                if r.status != 200:
-                    errors += 1
-                    continue
+            try:
+                async with session.post(url, json=body) as r:
+                    data = await r.json()
+                    if r.status != 200:
+                        errors += 1
+                        continue
+            except aiohttp.ClientError:
+                errors += 1
+                continue
             lat.append(time.perf_counter() - t0)
             tokens += data.get("usage", {}).get("completion_tokens", 0)
 
     conn = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=conn, timeout=timeout) as session:
+
+        async def warm() -> None:
+            async with session.post(url, json=bodies[0]) as r:
+                await r.read()
+
         # warm-up: one request per connection, not counted
-        await asyncio.gather(*(session.post(url, json=bodies[0]) for _ in range(concurrency)))
+        await asyncio.gather(*(warm() for _ in range(concurrency)))
         t0 = time.perf_counter()
         stop_at = t0 + duration
         await asyncio.gather(*(worker(i, session) for i in range(concurrency)))
@@ -153,7 +162,8 @@ def genai_server(checkpoint: str) -> Server:
 def plain_server(mode: str, lm: str | None = None, gan: str | None = None) -> Server:
     port = _free_port()
     cmd = [sys.executable, "-m", "uvicorn", "bench.plain_server:app", "--port", str(port)]
-    cmd += ["--no-access-log", "--log-level", "warning"]
+    # keep-alive as long as the slowest answer: uvicorn's 5 s default drops waiting clients
+    cmd += ["--no-access-log", "--log-level", "warning", "--timeout-keep-alive", "300"]
     env = {"PLAIN_MODE": mode, "PLAIN_LM": lm or "", "PLAIN_GAN": gan or ""}
     return Server(f"plain-{mode}", cmd, env, port)
 
@@ -203,6 +213,10 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--duration", type=float, default=15.0, help="seconds of load per row")
     p.add_argument("--out", default="runs/bench-serve.json")
+    p.add_argument(
+        "--servers", nargs="+", default=["genai", "plain A", "plain B"], help="rows to run"
+    )
+    p.add_argument("--no-images", action="store_true")
     args = p.parse_args()
     lm = str(Path(args.checkpoint).resolve())
     gan = str(Path(args.gan).resolve()) if Path(args.gan).exists() else None
@@ -225,6 +239,8 @@ def main() -> None:
         ("plain A", lambda: plain_server("A", lm=lm)),
         ("plain B", lambda: plain_server("B", lm=lm)),
     ]:
+        if name not in args.servers:
+            continue
         print(f"{name}: starting", flush=True)
         server = start()
         try:
@@ -240,12 +256,14 @@ def main() -> None:
         finally:
             server.stop()
 
-    if gan is not None:
+    if gan is not None and not args.no_images:
         for name, start in [
             ("genai", lambda: genai_server(gan)),
             ("plain A", lambda: plain_server("A", gan=gan)),
             ("plain B", lambda: plain_server("B", gan=gan)),
         ]:
+            if name not in args.servers:
+                continue
             print(f"{name} (images): starting", flush=True)
             server = start()
             try:

@@ -230,6 +230,12 @@ class ServeSpec(Section):
         0.5, gt=0, description="CPUs per replica (fractions fit beside training)"
     )
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; models run in bf16 there")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="torch CPU threads per replica; 0: num_cpus rounded up (replicas that "
+        "share a node's cores must not each take all of them)",
+    )
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     # Above lm.max_batch_size: Serve must let enough requests in for a full decode batch
     max_ongoing_requests: int = Field(64, ge=1)

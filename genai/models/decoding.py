@@ -158,18 +158,26 @@ class Generation:
 def sample_rows(
     logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, u: torch.Tensor
 ) -> torch.Tensor:
-    """One token per row of ``logits`` (B, V): greedy where temperature <= 0, else nucleus
-    sampling by inverse CDF of the row's own uniform draw ``u`` (B,)."""
+    """One token per row of ``logits`` (B, V): greedy where temperature <= 0, else sampling
+    by inverse CDF of the row's own uniform draw ``u`` (B,), from the nucleus where top_p < 1."""
     logits = logits.float()
     greedy = logits.argmax(-1)
     probs = torch.softmax(logits / temperature.clamp_min(1e-6)[:, None], dim=-1)
-    sorted_p, order = probs.sort(dim=-1, descending=True)
-    # keep the smallest prefix whose mass reaches top_p (always at least one token)
-    sorted_p = sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < top_p[:, None])
-    cdf = sorted_p.cumsum(-1)
-    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).clamp_max(cdf.shape[1] - 1)
-    sampled = order.gather(1, idx)[:, 0]
+    sampled = _inverse_cdf(probs, u)
+    nucleus = (top_p < 1.0).nonzero()[:, 0]
+    if len(nucleus):  # sorting (B, V) costs more than the rest of sampling: only where needed
+        sorted_p, order = probs[nucleus].sort(dim=-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        sorted_p = sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < top_p[nucleus, None])
+        sampled[nucleus] = order.gather(1, _inverse_cdf(sorted_p, u[nucleus])[:, None])[:, 0]
     return torch.where(temperature <= 0, greedy, sampled)
+
+
+def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Column index per row where the running sum of (unnormalised) ``weights`` passes ``u``."""
+    cdf = weights.cumsum(-1)
+    idx = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None])[:, 0]
+    return idx.clamp_max(weights.shape[1] - 1)
 
 
 class BatchDecoder:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
+import math
 import random
 import threading
 from dataclasses import dataclass
@@ -60,7 +60,7 @@ def _b64_png(image: torch.Tensor) -> str:
 
 class ImageServer:
     def __init__(self, directory: Path, meta: Meta, spec: Any) -> None:
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        torch.set_num_threads(spec.torch_threads or max(1, math.ceil(spec.num_cpus)))
         self.m = load_image_model(directory)
         self.family = self.m.family
         self.cfg = self.m.model.cfg

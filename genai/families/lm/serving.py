@@ -12,7 +12,7 @@ and requests wait on asyncio futures/queues fed from that thread.
 from __future__ import annotations
 
 import asyncio
-import os
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,8 +91,8 @@ class LMServer:
 
     def __init__(self, directory: Path, meta: Meta, spec: Any) -> None:
         cuda = spec.num_gpus > 0 and torch.cuda.is_available()
-        if not cuda:  # each replica gets a fraction of a core; more threads only contend
-            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        if not cuda:
+            torch.set_num_threads(spec.torch_threads or max(1, math.ceil(spec.num_cpus)))
         self.lm = load_lm(
             directory,
             dtype=torch.bfloat16 if cuda else torch.float32,
