@@ -182,7 +182,7 @@ JobSpec = create_model(
 
 
 class AutoscalingSpec(Section):
-    """Ray Serve autoscaling_config, per model deployment."""
+    """Ray Serve autoscaling_config of the gateway deployment (replicas hold every model)."""
 
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(2, ge=1)
