@@ -102,30 +102,52 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     )
 
 
-@app.middleware("http")
-async def _limits_and_auth(request: Request, call_next):
-    state = request.app.state
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > state.max_body_bytes):
-        return _error(413, f"request body exceeds {state.max_body_bytes} bytes", "body")
-    if state.api_keys and request.url.path.startswith("/v1/"):
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(
-            secrets.compare_digest(key, k) for k in state.api_keys
+class LimitsAndAuth:
+    """Body size, API keys and the JSON content type, checked before routing.
+
+    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` (BaseHTTPMiddleware)
+    wraps every request and response in extra tasks and streams, and serving is measured
+    per millisecond here.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        state = scope["app"].state  # the app Serve runs (a copy of this module's `app`)
+        headers = {k: v for k, v in scope["headers"]}
+        length = headers.get(b"content-length", b"").decode("latin-1")
+        if length and (not length.isdigit() or int(length) > state.max_body_bytes):
+            reply = _error(413, f"request body exceeds {state.max_body_bytes} bytes", "body")
+            await reply(scope, receive, send)
+            return
+        if state.api_keys and scope["path"].startswith("/v1/"):
+            auth = headers.get(b"authorization", b"").decode("latin-1")
+            scheme, _, key = auth.partition(" ")
+            if scheme.lower() != "bearer" or not any(
+                secrets.compare_digest(key, k) for k in state.api_keys
+            ):
+                reply = _error(
+                    401,
+                    "missing or invalid API key (Authorization: Bearer <key>)",
+                    None,
+                    "authentication_error",
+                )
+                await reply(scope, receive, send)
+                return
+        if scope["method"] == "POST" and not headers.get(b"content-type", b"").startswith(
+            b"application/json"
         ):
-            return _error(
-                401,
-                "missing or invalid API key (Authorization: Bearer <key>)",
-                None,
-                "authentication_error",
-            )
-    if request.method == "POST" and not request.headers.get("content-type", "").startswith(
-        "application/json"
-    ):
-        # `curl -d '{...}'` sends application/x-www-form-urlencoded; every body here is JSON
-        headers = [(k, v) for k, v in request.scope["headers"] if k != b"content-type"]
-        request.scope["headers"] = [*headers, (b"content-type", b"application/json")]
-    return await call_next(request)
+            # `curl -d '{...}'` sends application/x-www-form-urlencoded; every body here is JSON
+            rest = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
+            scope = {**scope, "headers": [*rest, (b"content-type", b"application/json")]}
+        await self.inner(scope, receive, send)
+
+
+app.add_middleware(LimitsAndAuth)
 
 
 # Helpers live above the Gateway: Serve pickles the decorated class by value when it is
