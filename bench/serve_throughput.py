@@ -138,6 +138,12 @@ class Server:
             time.sleep(0.5)
         raise RuntimeError(f"{name} did not come up in 300 s")
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -206,6 +212,20 @@ def _row(server: str, r: dict) -> str:
     )
 
 
+def _servers(starts: dict, wanted: list[str]):
+    """(name, started server) for each wanted server, one at a time."""
+    for name, start in starts.items():
+        if name in wanted:
+            print(f"{name}: starting", flush=True)
+            yield name, start()
+
+
+def _measure(rows: list, name: str, url: str, bodies: list, c: int, args) -> None:
+    r = load(url, bodies, c, args.duration)
+    rows.append(r)
+    print("  " + _row(name, r), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default="runs/lm-tiny/checkpoints/latest")
@@ -234,46 +254,32 @@ def main() -> None:
         results["no_server"].append(r)
         print(f"  {threads} thread(s): {r['seq_s']:.1f} seq/s, {r['tokens_s']:.0f} tokens/s")
 
-    for name, start in [
-        ("genai", lambda: genai_server(lm)),
-        ("plain A", lambda: plain_server("A", lm=lm)),
-        ("plain B", lambda: plain_server("B", lm=lm)),
-    ]:
-        if name not in args.servers:
-            continue
-        print(f"{name}: starting", flush=True)
-        server = start()
-        try:
-            url = f"{server.url}/v1/completions"
+    lm_servers = {
+        "genai": lambda: genai_server(lm),
+        "plain A": lambda: plain_server("A", lm=lm),
+        "plain B": lambda: plain_server("B", lm=lm),
+    }
+    for name, server in _servers(lm_servers, args.servers):
+        url = f"{server.url}/v1/completions"
+        with server:
             for c in args.concurrency:
-                r = load(url, bodies, c, args.duration)
-                results["lm"].setdefault(name, []).append(r)
-                print("  " + _row(name, r), flush=True)
+                _measure(results["lm"].setdefault(name, []), name, url, bodies, c, args)
             if name in ("genai", "plain B"):
                 r = load(url, one_token, 1, args.duration)
                 results["lm_1token"][name] = r
                 print("  1-token " + _row(name, r), flush=True)
-        finally:
-            server.stop()
 
     if gan is not None and not args.no_images:
-        for name, start in [
-            ("genai", lambda: genai_server(gan)),
-            ("plain A", lambda: plain_server("A", gan=gan)),
-            ("plain B", lambda: plain_server("B", gan=gan)),
-        ]:
-            if name not in args.servers:
-                continue
-            print(f"{name} (images): starting", flush=True)
-            server = start()
-            try:
-                url = f"{server.url}/v1/images/generations"
+        image_servers = {
+            "genai": lambda: genai_server(gan),
+            "plain A": lambda: plain_server("A", gan=gan),
+            "plain B": lambda: plain_server("B", gan=gan),
+        }
+        for name, server in _servers(image_servers, args.servers):
+            url = f"{server.url}/v1/images/generations"
+            with server:
                 for c in (1, 8, 32):
-                    r = load(url, images, c, args.duration)
-                    results["images"].setdefault(name, []).append(r)
-                    print("  " + _row(name, r), flush=True)
-            finally:
-                server.stop()
+                    _measure(results["images"].setdefault(name, []), name, url, images, c, args)
     else:
         print(f"no GAN checkpoint at {args.gan}: image rows skipped (make demo trains one)")
 

@@ -62,7 +62,6 @@ class ImageServer:
     def __init__(self, directory: Path, meta: Meta, spec: Any) -> None:
         torch.set_num_threads(spec.torch_threads or max(1, math.ceil(spec.num_cpus)))
         self.m = load_image_model(directory)
-        self.family = self.m.family
         self.cfg = self.m.model.cfg
         self._lock = threading.Lock()
         self._generate_batch.set_max_batch_size(spec.images.max_batch_size)

@@ -87,8 +87,6 @@ class Event:
 class LMServer:
     """One LM checkpoint in a gateway replica: prompt checks, batching, streams."""
 
-    family = "lm"
-
     def __init__(self, directory: Path, meta: Meta, spec: Any) -> None:
         cuda = spec.num_gpus > 0 and torch.cuda.is_available()
         if not cuda:
