@@ -11,6 +11,13 @@ from functools import cache
 from ray.serve import metrics
 
 
+def count(counter: metrics.Counter, n: int, tags: dict[str, str]) -> None:
+    """Add ``n`` to ``counter``; zero is skipped (Ray's ``Counter.inc`` raises on it, and a
+    completion whose first token is EOS has no completion tokens)."""
+    if n > 0:
+        counter.inc(n, tags=tags)
+
+
 @cache
 def requests_total() -> metrics.Counter:
     return metrics.Counter(

@@ -114,7 +114,9 @@ class ImageServer:
         for r in reqs:
             out.append([_b64_png(img) for img in images[i : i + r["n"]]])
             i += r["n"]
-        metrics.images_total().inc(len(z), tags={"model": self.m.name, "route": "generations"})
+        metrics.count(
+            metrics.images_total(), len(z), {"model": self.m.name, "route": "generations"}
+        )
         return out
 
     def _to_unit(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -126,7 +128,9 @@ class ImageServer:
                 out = self.m.model.reconstruct(self._to_unit(images))
             return [_b64_png(x) for x in out]
 
-        metrics.images_total().inc(len(images), tags={"model": self.m.name, "route": "reconstruct"})
+        metrics.count(
+            metrics.images_total(), len(images), {"model": self.m.name, "route": "reconstruct"}
+        )
         return await asyncio.to_thread(run)
 
     async def interpolate(self, a: np.ndarray, b: np.ndarray, steps: int) -> list[str]:
@@ -136,7 +140,7 @@ class ImageServer:
                 out = self.m.model.interpolate(x[0], x[1], steps)
             return [_b64_png(img) for img in out]
 
-        metrics.images_total().inc(steps, tags={"model": self.m.name, "route": "interpolate"})
+        metrics.count(metrics.images_total(), steps, {"model": self.m.name, "route": "interpolate"})
         return await asyncio.to_thread(run)
 
     def close(self) -> None:

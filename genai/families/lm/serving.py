@@ -208,8 +208,8 @@ class LMServer:
 
     def _count(self, gen: Generation) -> None:
         tags = {"model": self.lm.name}
-        metrics.tokens_total().inc(len(gen.prompt_ids), tags={**tags, "kind": "prompt"})
-        metrics.tokens_total().inc(len(gen.tokens), tags={**tags, "kind": "completion"})
+        metrics.count(metrics.tokens_total(), len(gen.prompt_ids), {**tags, "kind": "prompt"})
+        metrics.count(metrics.tokens_total(), len(gen.tokens), {**tags, "kind": "completion"})
 
     def close(self) -> None:
         self.decoder.close()
