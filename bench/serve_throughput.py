@@ -157,10 +157,12 @@ class Server:
         self.log.close()
 
 
-def genai_server(checkpoint: str) -> Server:
+def genai_server(checkpoint: str, *sets: str) -> Server:
     port = _free_port()
     cmd = [sys.executable, "-m", "genai.cli", "serve", checkpoint, "--config", "serve/lm.yaml"]
     cmd += ["--port", str(port)]
+    for s in sets:
+        cmd += ["--set", s]
     env = {"PYTHONUNBUFFERED": "1"}
     return Server("genai", cmd, env, port)
 
@@ -234,7 +236,10 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=15.0, help="seconds of load per row")
     p.add_argument("--out", default="runs/bench-serve.json")
     p.add_argument(
-        "--servers", nargs="+", default=["genai", "plain A", "plain B"], help="rows to run"
+        "--servers",
+        nargs="+",
+        default=["genai", "genai hf-forward", "plain A", "plain B"],
+        help="rows to run",
     )
     p.add_argument("--no-images", action="store_true")
     args = p.parse_args()
@@ -256,6 +261,8 @@ def main() -> None:
 
     lm_servers = {
         "genai": lambda: genai_server(lm),
+        # the same server decoding through transformers' forward: what fastpath.py buys
+        "genai hf-forward": lambda: genai_server(lm, "lm.lean_forward=false"),
         "plain A": lambda: plain_server("A", lm=lm),
         "plain B": lambda: plain_server("B", lm=lm),
     }

@@ -213,6 +213,11 @@ class DecodingSpec(Section):
         ge=16,
         description="cap on prompt + max_tokens summed over the batch (KV cache memory)",
     )
+    lean_forward: bool = Field(
+        True,
+        description="decode GPT-2 checkpoints with genai's lean forward pass (same weights and "
+        "arithmetic as transformers', less per-step overhead); false: transformers' own",
+    )
 
 
 class ImageBatchSpec(Section):

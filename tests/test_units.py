@@ -91,10 +91,11 @@ def test_generate_uses_cache_and_is_seeded():
     assert ids[3 : 3 + len(greedy.tokens)] == greedy.tokens
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_batched_decoding_matches_each_sequence_decoded_alone(arch):
+@pytest.mark.parametrize(("arch", "lean"), [("gpt2", True), ("gpt2", False), ("llama", False)])
+def test_batched_decoding_matches_each_sequence_decoded_alone(arch, lean):
     """Sequences of different prompt lengths, joining a running batch at different steps,
-    with their own seeds and settings, give the tokens each gives alone."""
+    with their own seeds and settings, give the tokens each gives alone (decoded by
+    transformers' own forward: the lean GPT-2 pass is held to it too)."""
     model = _tiny_lm(arch)
     prompts = [[1, 2, 3], [4] * 9, [8, 9], [10, 11, 12, 13, 14, 15]]
     settings = [
@@ -103,8 +104,11 @@ def test_batched_decoding_matches_each_sequence_decoded_alone(arch):
         Sampling(5, temperature=0.7, seed=3),
         Sampling(12, temperature=1.2, top_p=0.5, seed=4),
     ]
-    alone = [generate(model, p, s).tokens for p, s in zip(prompts, settings, strict=True)]
-    dec = BatchDecoder(model, eos_id=None, max_batch_size=8)
+    alone = [
+        generate(model, p, s, lean=False).tokens for p, s in zip(prompts, settings, strict=True)
+    ]
+    dec = BatchDecoder(model, eos_id=None, max_batch_size=8, lean=lean)
+    assert (dec.forward is model) != lean
     gens = [dec.submit(Generation(p, s)) for p, s in zip(prompts[:2], settings[:2], strict=True)]
     for _ in range(3):
         dec.step()
@@ -119,6 +123,32 @@ def test_batched_decoding_matches_each_sequence_decoded_alone(arch):
     assert [g.tokens for g in gens] == alone
     assert max(sizes) >= 2  # they really shared forward passes
     assert [g.finish_reason for g in gens] == ["length"] * 4
+
+
+def test_lean_forward_gives_transformers_logits(monkeypatch):
+    """Left-padded prefill, then decode steps past a buffer's spare room, row for row."""
+    from genai.models.fastpath import LayerKV, lean_forward
+
+    monkeypatch.setattr(LayerKV, "GROW", 8)
+    model = _tiny_lm()
+    lean = lean_forward(model)
+    assert lean is not None and lean_forward(_tiny_lm("llama")) is None
+    ids = torch.randint(1, 60, (3, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, :3] = 0
+    mask[1, :1] = 0
+    pos = (mask.cumsum(1) - 1).clamp_min(0)
+    with torch.inference_mode():
+        ref = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        out = lean(ids, mask, pos)
+        torch.testing.assert_close(out.logits[mask.bool()], ref.logits[mask.bool()])
+        for _ in range(LayerKV.GROW + 3):  # the buffers grow once on the way
+            nxt = ref.logits[:, -1:].argmax(-1)
+            pos = mask.sum(1, keepdim=True)
+            mask = torch.cat([mask, torch.ones(3, 1, dtype=torch.long)], 1)
+            ref = model(input_ids=nxt, attention_mask=mask, position_ids=pos, cache=ref.cache)
+            out = lean(nxt, mask, pos, cache=out.cache)
+            torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-4)
 
 
 def test_batch_size_and_token_budget_queue_the_rest():
@@ -140,9 +170,13 @@ def test_cancelled_sequence_frees_its_row_at_the_next_step():
     dec.step()
     a.cancel()
     dec.step()
-    assert dec.rows == [b] and not a.finished
+    assert dec.rows == [None, b] and dec.active == 1 and not a.finished
+    c = dec.submit(Generation([5, 6], Sampling(3, seed=3)))
+    dec.step()  # the new sequence takes the free row: no copy of the cache
+    assert dec.rows == [c, b] and dec.counts["compactions"] == 0
     dec.run_until_idle()
-    assert len(b.tokens) == 30 and len(a.tokens) < 30
+    assert len(b.tokens) == 30 and len(a.tokens) < 30 and len(c.tokens) == 3
+    assert c.tokens == generate(model, [5, 6], Sampling(3, seed=3)).tokens
 
 
 def test_a_completion_ending_on_its_first_token_is_counted():

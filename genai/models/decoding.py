@@ -28,6 +28,9 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from genai.models.fastpath import KVCache, lean_forward
+from genai.models.transformer import context_length
+
 # Called in the decoder's thread after every token (or on finish/error) of a sequence.
 Listener = Callable[["Generation"], None]
 
@@ -192,22 +195,36 @@ class BatchDecoder:
         max_batch_size: int = 32,
         max_batch_tokens: int = 8192,
         on_step: Callable[[int, float], None] | None = None,
+        lean: bool = True,
     ) -> None:
         self.model = model
+        self.max_position = context_length(model.config)
+        # the forward each step calls: genai's lean GPT-2 pass where it applies (fastpath.py)
+        self.forward = (lean_forward(model) if lean else None) or model
         self.device = next(model.parameters()).device
         self.eos_id = eos_id
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
         self.on_step = on_step  # (batch size, seconds) after each decode step: metrics
-        self.rows: list[Generation] = []
+        # one entry per batch row; None: a free row (its sequence left), reused by the next
+        # sequence that fits, so rows come and go without copying the whole cache
+        self.rows: list[Generation | None] = []
+        self._free_steps = 0  # consecutive steps with free rows and nobody waiting
         self._last = torch.zeros(0, dtype=torch.long)  # (B,) each row's token not yet in cache
-        self._cache: DynamicCache | None = None
+        self._cache: DynamicCache | KVCache | None = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L): 1 where the cache holds a token
         self._waiting: deque[Generation] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.counts = {"steps": 0, "tokens": 0, "finished": 0, "cancelled": 0, "failed": 0}
+        self.counts = {
+            "steps": 0,
+            "tokens": 0,
+            "finished": 0,
+            "cancelled": 0,
+            "failed": 0,
+            "compactions": 0,  # whole-cache copies to drop free rows and dead columns
+        }
 
     # ------------------------------------------------------------------ public
 
@@ -223,11 +240,15 @@ class BatchDecoder:
 
     def stats(self) -> dict[str, int]:
         """Counters since start, and what is active and waiting now (for /healthz)."""
-        return {"active": len(self.rows), "queued": len(self._waiting), **self.counts}
+        return {"active": self.active, "queued": len(self._waiting), **self.counts}
+
+    @property
+    def active(self) -> int:
+        return sum(g is not None for g in self.rows)
 
     @property
     def busy(self) -> bool:
-        return bool(self.rows or self._waiting)
+        return bool(self.active or self._waiting)
 
     def start(self, name: str = "batch-decoder") -> None:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -250,25 +271,29 @@ class BatchDecoder:
         self._retire()
         self._admit()
         self._retire()  # a first token may already finish a sequence (EOS, max_tokens=1)
-        if not self.rows:
+        if not self.active:
             return
         t0 = time.perf_counter()
         mask = torch.cat([self._mask, torch.ones(len(self.rows), 1, dtype=torch.long)], dim=1)
-        out = self.model(
+        out = self.forward(
             input_ids=self._last[:, None].to(self.device),
             attention_mask=mask.to(self.device),
-            position_ids=self._mask.sum(1, keepdim=True).to(self.device),
+            # a free row's position is clamped: it counts steps, not a sequence
+            position_ids=self._mask.sum(1, keepdim=True)
+            .clamp_max(self.max_position - 1)
+            .to(self.device),
             cache=self._cache,
             use_cache=True,
         )
         self._cache, self._mask = out.cache, mask
         self._last = self._sample(self.rows, out.logits[:, -1])
         self.counts["steps"] += 1
-        self.counts["tokens"] += len(self.rows)
+        self.counts["tokens"] += self.active
         if self.on_step is not None:
-            self.on_step(len(self.rows), time.perf_counter() - t0)
+            self.on_step(self.active, time.perf_counter() - t0)
         for gen, token in zip(self.rows, self._last.tolist(), strict=True):
-            gen._push(token, self.eos_id)
+            if gen is not None:
+                gen._push(token, self.eos_id)
 
     # ------------------------------------------------------------------ internals
 
@@ -282,11 +307,10 @@ class BatchDecoder:
                 self.step()
             except Exception as exc:  # a broken batch fails its requests, not the replica
                 for gen in [*self.rows, *self._drain_waiting()]:
-                    gen._fail(exc)
-                    self.counts["failed"] += 1
-                self.rows, self._cache = [], None
-                self._mask = torch.zeros(0, 0, dtype=torch.long)
-                self._last = torch.zeros(0, dtype=torch.long)
+                    if gen is not None:
+                        gen._fail(exc)
+                        self.counts["failed"] += 1
+                self._reset()
 
     def _drain_waiting(self) -> list[Generation]:
         with self._lock:
@@ -294,26 +318,42 @@ class BatchDecoder:
             self._waiting.clear()
         return out
 
+    def _reset(self) -> None:
+        self.rows, self._cache, self._free_steps = [], None, 0
+        self._mask = torch.zeros(0, 0, dtype=torch.long)
+        self._last = torch.zeros(0, dtype=torch.long)
+
     def _retire(self) -> None:
-        keep = [i for i, g in enumerate(self.rows) if not (g.finished or g.cancelled)]
-        if len(keep) == len(self.rows):
+        """Free the rows of finished and cancelled sequences; compact the cache only when
+        free rows are many or linger (a new sequence usually takes a free row first)."""
+        for i, g in enumerate(self.rows):
+            if g is not None and (g.finished or g.cancelled):
+                self.counts["finished" if g.finished else "cancelled"] += 1
+                self.rows[i] = None
+                self._mask[i] = 0  # from now on the row sees only its own latest token
+        live = self.active
+        if not live:
+            self._reset()
             return
-        for g in self.rows:
-            if g.finished:
-                self.counts["finished"] += 1
-            elif g.cancelled:
-                self.counts["cancelled"] += 1
-        if not keep:
-            self.rows, self._cache = [], None
-            self._mask = torch.zeros(0, 0, dtype=torch.long)
-            self._last = torch.zeros(0, dtype=torch.long)
-            return
-        index = torch.tensor(keep)
-        self.rows = [self.rows[i] for i in keep]
-        self._mask, self._last = self._mask[index], self._last[index]
-        # columns that are padding in every remaining row are dropped: L follows the live rows
-        first = int((self._mask.sum(0) > 0).nonzero()[0])
-        self._mask = self._mask[:, first:]
+        free = len(self.rows) - live
+        self._free_steps = self._free_steps + 1 if free and not self._waiting else 0
+        # leading columns no live row uses: attention over them is wasted work
+        first = int((self._mask[self._live_index()].sum(0) > 0).nonzero()[0])
+        if free > live or self._free_steps > self.COMPACT_AFTER or first >= self.COMPACT_COLUMNS:
+            self._compact(first)
+
+    COMPACT_AFTER = 4  # steps a free row may idle (nobody waiting) before the cache shrinks
+    COMPACT_COLUMNS = 64  # leading dead columns that trigger a compaction
+
+    def _live_index(self) -> torch.Tensor:
+        return torch.tensor([i for i, g in enumerate(self.rows) if g is not None])
+
+    def _compact(self, first: int) -> None:
+        index = self._live_index()
+        self.rows = [g for g in self.rows if g is not None]
+        self._mask, self._last = self._mask[index, first:], self._last[index]
+        self._free_steps = 0
+        self.counts["compactions"] += 1
         dev_index = index.to(self.device)
         for layer in self._cache.layers:
             layer.keys = layer.keys[dev_index, :, first:]
@@ -322,15 +362,15 @@ class BatchDecoder:
     def _admit(self) -> None:
         new: list[Generation] = []
         with self._lock:
-            used = sum(g.need for g in self.rows)
-            while self._waiting and len(self.rows) + len(new) < self.max_batch_size:
+            used = sum(g.need for g in self.rows if g is not None)
+            while self._waiting and self.active + len(new) < self.max_batch_size:
                 gen = self._waiting[0]
                 if gen.cancelled:
                     self._waiting.popleft()
                     self.counts["cancelled"] += 1
                     continue
                 # a request larger than the whole budget still runs, alone
-                if (self.rows or new) and used + gen.need > self.max_batch_tokens:
+                if (self.active or new) and used + gen.need > self.max_batch_tokens:
                     break
                 used += gen.need
                 new.append(self._waiting.popleft())
@@ -347,7 +387,7 @@ class BatchDecoder:
             ids[i, width - len(g.prompt_ids) :] = torch.tensor(g.prompt_ids)
             mask[i, width - len(g.prompt_ids) :] = 1
         positions = (mask.cumsum(1) - 1).clamp_min(0)
-        out = self.model(
+        out = self.forward(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=positions.to(self.device),
@@ -360,12 +400,40 @@ class BatchDecoder:
             gen._push(token, self.eos_id)
 
     def _join(
-        self, new: list[Generation], cache: DynamicCache, mask: torch.Tensor, last: torch.Tensor
+        self,
+        new: list[Generation],
+        cache: DynamicCache | KVCache,
+        mask: torch.Tensor,
+        last: torch.Tensor,
     ) -> None:
         if not self.rows:
             self.rows, self._cache, self._mask, self._last = list(new), cache, mask, last
             return
+        # a new sequence whose prompt fits the batch's width takes a free row in place:
+        # its prompt's keys/values go in the row's last columns, zeros before them
         old_len, new_len = self._mask.shape[1], mask.shape[1]
+        free = [i for i, g in enumerate(self.rows) if g is None]
+        rest = []
+        for j, gen in enumerate(new):
+            n = len(gen.prompt_ids)
+            if not free or n > old_len:
+                rest.append(j)
+                continue
+            i = free.pop(0)
+            for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
+                for ours, prompt in ((mine.keys, theirs.keys), (mine.values, theirs.values)):
+                    ours[i, :, : old_len - n] = 0
+                    ours[i, :, old_len - n :] = prompt[j, :, new_len - n :]
+            self._mask[i] = 0
+            self._mask[i, old_len - n :] = 1
+            self._last[i] = last[j]
+            self.rows[i] = gen
+        if not rest:
+            return
+        # the rest are appended as new rows: the whole cache is copied once
+        index = torch.tensor(rest)
+        dev_index = index.to(self.device)
+        mask, last = mask[index], last[index]
         width = max(old_len, new_len)
 
         def pad(x: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -376,18 +444,20 @@ class BatchDecoder:
             return torch.cat([x.new_zeros(shape), x], dim=dim)
 
         for mine, theirs in zip(self._cache.layers, cache.layers, strict=True):
-            mine.keys = torch.cat([pad(mine.keys, old_len, 2), pad(theirs.keys, new_len, 2)])
-            mine.values = torch.cat([pad(mine.values, old_len, 2), pad(theirs.values, new_len, 2)])
+            keys, values = theirs.keys[dev_index], theirs.values[dev_index]
+            mine.keys = torch.cat([pad(mine.keys, old_len, 2), pad(keys, new_len, 2)])
+            mine.values = torch.cat([pad(mine.values, old_len, 2), pad(values, new_len, 2)])
         self._mask = torch.cat([pad(self._mask, old_len, 1), pad(mask, new_len, 1)])
         self._last = torch.cat([self._last, last])
-        self.rows.extend(new)
+        self.rows.extend(new[j] for j in rest)
 
-    def _sample(self, rows: list[Generation], logits: torch.Tensor) -> torch.Tensor:
-        temperature = torch.tensor([g.sampling.temperature for g in rows])
-        top_p = torch.tensor([g.sampling.top_p for g in rows])
+    def _sample(self, rows: list[Generation | None], logits: torch.Tensor) -> torch.Tensor:
+        # a free row decodes greedily (its token is thrown away) and draws nothing
+        temperature = torch.tensor([g.sampling.temperature if g else 0.0 for g in rows])
+        top_p = torch.tensor([g.sampling.top_p if g else 1.0 for g in rows])
         # one draw per row from its own generator, whether or not the row samples:
         # a sequence's random stream does not depend on its neighbours
-        u = torch.stack([torch.rand((), generator=g.generator) for g in rows])
+        u = torch.tensor([float(torch.rand((), generator=g.generator)) if g else 0.0 for g in rows])
         return sample_rows(logits.float().cpu(), temperature, top_p, u)
 
 
@@ -398,9 +468,10 @@ def generate(
     *,
     eos_id: int | None = None,
     decode: Callable[[list[int]], str] | None = None,
+    lean: bool = True,
 ) -> Generation:
     """One sequence, decoded alone (the batch path with a batch of one)."""
-    decoder = BatchDecoder(model, eos_id=eos_id, max_batch_size=1)
+    decoder = BatchDecoder(model, eos_id=eos_id, max_batch_size=1, lean=lean)
     gen = decoder.submit(Generation(prompt_ids, sampling, decode=decode))
     decoder.run_until_idle()
     return gen

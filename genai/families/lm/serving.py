@@ -105,6 +105,7 @@ class LMServer:
             eos_id=self.eos_id,
             max_batch_size=spec.lm.max_batch_size,
             max_batch_tokens=spec.lm.max_batch_tokens,
+            lean=spec.lm.lean_forward,
             on_step=lambda n, _s: metrics.decode_batch_size().observe(n, tags={"model": name}),
         )
         self.decoder.start(name=f"decoder-{name}")
