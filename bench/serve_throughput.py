@@ -223,6 +223,8 @@ def _servers(starts: dict, wanted: list[str]):
 
 
 def _measure(rows: list, name: str, url: str, bodies: list, c: int, args) -> None:
+    if args.warmup > 0:  # steady state: caches warm and, for genai, autoscaling settled
+        load(url, bodies, c, args.warmup)
     r = load(url, bodies, c, args.duration)
     rows.append(r)
     print("  " + _row(name, r), flush=True)
@@ -234,6 +236,13 @@ def main() -> None:
     p.add_argument("--gan", default="runs/gan-digits/checkpoints/latest")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
     p.add_argument("--duration", type=float, default=15.0, help="seconds of load per row")
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=15.0,
+        help="seconds of the same load before each row is measured (Serve's autoscaler "
+        "decides on a 12 s window)",
+    )
     p.add_argument("--out", default="runs/bench-serve.json")
     p.add_argument(
         "--servers",

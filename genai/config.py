@@ -253,7 +253,15 @@ class ServeSpec(Section):
     lm: DecodingSpec = Field(default_factory=DecodingSpec)
     images: ImageBatchSpec = Field(default_factory=ImageBatchSpec)
     api_keys_env: str = Field(
-        "GENAI_API_KEYS", description="env var with comma-separated API keys; unset: open"
+        "GENAI_API_KEYS",
+        description="env var with comma-separated `name:key` pairs; no keys anywhere: open API",
+    )
+    api_keys_file: str | None = Field(
+        None,
+        description="YAML file of `name: key` (or `name: {key, requests_per_minute}`) entries",
+    )
+    requests_per_minute: float = Field(
+        0.0, ge=0, description="per-key request rate limit (per replica); 0: none"
     )
 
 

@@ -29,13 +29,17 @@ class _Boom:
         return (Path(self.marker).write_text, ("unpickled!",))
 
 
+KEYS = {"alice": "sk-alice-0001", "bob": "sk-bob-00002"}
+SLOW_KEY = "sk-carol-0003"  # in the keys file with 6 requests/min: a burst of 1
+
+
 @pytest.fixture(scope="module")
 def served(serve_url, zero3_checkpoint, tmp_path_factory):
-    """The ZeRO-3 checkpoint, with a booby-trapped pickle beside it, served with API keys."""
+    """The ZeRO-3 checkpoint, with a booby-trapped pickle beside it, served through the
+    Serve-native app builder with named API keys from an env var and a file."""
     from ray import serve
 
-    from genai.config import ServeSpec
-    from genai.serve.app import build_app
+    from genai.serve.app import AppArgs, app_builder
 
     ckpt = tmp_path_factory.mktemp("trapped") / "step"
     shutil.copytree(zero3_checkpoint, ckpt, symlinks=True)
@@ -43,14 +47,24 @@ def served(serve_url, zero3_checkpoint, tmp_path_factory):
     for name in ("pytorch_model.bin", "training_args.bin", "optimizer.pt"):
         (ckpt / name).write_bytes(pickle.dumps(_Boom(str(marker))))
 
-    spec = ServeSpec(max_tokens_limit=64, max_body_bytes=20_000)
-    serve.run(
-        build_app(spec, [ckpt], api_keys=["k1", "k2"]),
-        name="genai-test",
-        route_prefix="/",
-        blocking=False,
+    keys_file = ckpt.parent / "keys.yaml"
+    keys_file.write_text(f"carol: {{key: {SLOW_KEY}, requests_per_minute: 6}}\n")
+    env = {"GENAI_TEST_KEYS": ",".join(f"{n}:{k}" for n, k in KEYS.items())}
+    args = AppArgs(
+        checkpoints=[str(ckpt)],
+        max_tokens_limit=64,
+        max_body_bytes=20_000,
+        api_keys_env="GENAI_TEST_KEYS",
+        api_keys_file=str(keys_file),
     )
-    client = httpx.Client(base_url=serve_url, timeout=60, headers={"Authorization": "Bearer k2"})
+    with pytest.MonkeyPatch.context() as mp:  # keys are read where the app is built
+        for k, v in env.items():
+            mp.setenv(k, v)
+        application = app_builder(args)
+    serve.run(application, name="genai-test", route_prefix="/", blocking=False)
+    client = httpx.Client(
+        base_url=serve_url, timeout=60, headers={"Authorization": f"Bearer {KEYS['bob']}"}
+    )
     yield client, marker
     client.close()
     serve.delete("genai-test")
@@ -172,10 +186,47 @@ def test_api_keys_are_enforced(served):
     r = httpx.post(
         url,
         json={"prompt": "x", "max_tokens": 2},
-        headers={"Authorization": "Bearer k1"},
+        headers={"Authorization": f"Bearer {KEYS['alice']}"},
         timeout=60,
     )
     assert r.status_code == 200
+
+
+def test_a_keys_rate_limit_answers_429_with_retry_after(served):
+    client, _ = served
+    slow = {"Authorization": f"Bearer {SLOW_KEY}"}
+    body = {"prompt": "x", "max_tokens": 1}
+    first = client.post("/v1/completions", json=body, headers=slow)
+    second = client.post("/v1/completions", json=body, headers=slow)
+    assert first.status_code == 200, first.text
+    assert second.status_code == 429 and 1 <= int(second.headers["retry-after"]) <= 10
+    err = second.json()["error"]
+    assert err["type"] == "rate_limit_error" and "carol" in err["message"]
+    # other keys are not limited by carol's bucket
+    assert client.post("/v1/completions", json=body).status_code == 200
+
+
+def test_requests_and_tokens_are_counted_per_key_name(served):
+    """Ray's metrics export (what Prometheus scrapes) carries the key's name, never the key."""
+    import ray
+
+    client, _ = served
+    headers = {"Authorization": f"Bearer {KEYS['alice']}"}
+    ok = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2}, headers=headers)
+    assert ok.status_code == 200, ok.text
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    deadline, text = time.time() + 60, ""
+    while time.time() < deadline:  # replicas push metrics every few seconds
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        lines = [ln for ln in text.splitlines() if 'key="alice"' in ln]
+        if any("genai_requests_total" in ln for ln in lines) and any(
+            "genai_tokens_total" in ln for ln in lines
+        ):
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("no per-key genai metrics for alice in Ray's export")
+    assert all(k not in text for k in (*KEYS.values(), SLOW_KEY))
 
 
 def test_genai_serve_cli_query_and_sigterm(zero3_checkpoint, tmp_path):

@@ -252,3 +252,33 @@ def test_serving_imports_no_training_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_api_keys_have_names_limits_and_clear_errors(tmp_path):
+    from genai.serve.keys import KeyRing, digest, load_keys
+
+    f = tmp_path / "keys.yaml"
+    f.write_text("carol: {key: sk-carol-0003, requests_per_minute: 60}\ndave: sk-dave-00004\n")
+    env = {"K": "alice:sk-alice-0001, sk-bare-key-05"}
+    keys = load_keys("K", str(f), default_rpm=0, environ=env)
+    names = [k.name for k in keys]
+    assert names[:1] == ["alice"] and names[1].startswith("key-") and names[2:] == ["carol", "dave"]
+    assert all("sk-" not in str(k) for k in keys)  # digests only
+    assert keys[0].digest == digest("sk-alice-0001")
+    ring = KeyRing([k.__dict__ for k in keys])
+    assert ring.identify("sk-carol-0003").name == "carol" and ring.identify("sk-nope-000") is None
+    carol = ring.identify("sk-carol-0003")
+    # 60/min: a burst of 10, then one a second
+    assert [ring.retry_after(carol, now=100.0) for _ in range(10)] == [0.0] * 10
+    assert ring.retry_after(carol, now=100.0) == pytest.approx(1.0)
+    assert ring.retry_after(carol, now=101.0) == 0.0
+    assert ring.retry_after(ring.identify("sk-dave-00004"), now=100.0) == 0.0  # no limit
+    for bad_env, match in [
+        ({"K": "a:sk-one-00001,a:sk-two-00002"}, "repeated: a"),
+        ({"K": "a:short"}, "shorter than 8"),
+        ({"K": "a:"}, "needs a name and a key"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            load_keys("K", None, environ=bad_env)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_keys("K", str(tmp_path / "missing.yaml"), environ={})

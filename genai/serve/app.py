@@ -12,7 +12,6 @@ import binascii
 import contextlib
 import io
 import json
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -31,7 +30,9 @@ from genai.config import ServeSpec
 from genai.families import get_family
 from genai.families.lm.serving import NoChatTemplate, PromptTooLong
 from genai.models.decoding import Generation
-from genai.serve import metrics
+
+# modules, not their names: this file's classes are pickled by value (a ContextVar cannot be)
+from genai.serve import keys, metrics
 from genai.serve.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -64,11 +65,16 @@ class APIError(Exception):
 
 
 def _error(
-    status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"
+    status: int,
+    message: str,
+    param: str | None = None,
+    kind: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
         status_code=status,
         content={"error": {"message": message, "type": kind, "param": param, "code": None}},
+        headers=headers,
     )
 
 
@@ -103,7 +109,8 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 class LimitsAndAuth:
-    """Body size, API keys and the JSON content type, checked before routing.
+    """Body size, API keys (and their rate limits) and the JSON content type, checked
+    before routing. The key's name is set in :data:`~genai.serve.keys.current_key`.
 
     A plain ASGI middleware: Starlette's ``@app.middleware("http")`` (BaseHTTPMiddleware)
     wraps every request and response in extra tasks and streams, and serving is measured
@@ -124,17 +131,33 @@ class LimitsAndAuth:
             reply = _error(413, f"request body exceeds {state.max_body_bytes} bytes", "body")
             await reply(scope, receive, send)
             return
-        if state.api_keys and scope["path"].startswith("/v1/"):
+        ring: keys.KeyRing = state.keys
+        if ring and scope["path"].startswith("/v1/"):
             auth = headers.get(b"authorization", b"").decode("latin-1")
-            scheme, _, key = auth.partition(" ")
-            if scheme.lower() != "bearer" or not any(
-                secrets.compare_digest(key, k) for k in state.api_keys
-            ):
+            scheme, _, presented = auth.partition(" ")
+            key = ring.identify(presented) if scheme.lower() == "bearer" else None
+            if key is None:
                 reply = _error(
                     401,
                     "missing or invalid API key (Authorization: Bearer <key>)",
                     None,
                     "authentication_error",
+                )
+                await reply(scope, receive, send)
+                return
+            keys.current_key.set(key.name)
+            wait = ring.retry_after(key)
+            if wait > 0:
+                metrics.requests_total().inc(
+                    tags={"route": scope["path"], "model": "", "status": "429", "key": key.name}
+                )
+                reply = _error(
+                    429,
+                    f"rate limit of key {key.name!r} ({key.requests_per_minute:g} requests/min) "
+                    "exceeded",
+                    None,
+                    "rate_limit_error",
+                    headers={"Retry-After": keys.retry_after_header(wait)},
                 )
                 await reply(scope, receive, send)
                 return
@@ -229,7 +252,7 @@ class Gateway:
         self.cards = {name: m.info() for name, m in self.models.items()}
         self.max_tokens_limit = spec.max_tokens_limit
         app.state.max_body_bytes = spec.max_body_bytes
-        app.state.api_keys = tuple(settings["api_keys"])
+        app.state.keys = keys.KeyRing(settings["keys"])
 
     def __del__(self) -> None:
         for m in getattr(self, "models", {}).values():
@@ -275,7 +298,9 @@ class Gateway:
             raise
         finally:
             tags = {"route": route, "model": model or ""}
-            metrics.requests_total().inc(tags={**tags, "status": status})
+            metrics.requests_total().inc(
+                tags={**tags, "status": status, "key": keys.current_key.get()}
+            )
             metrics.request_latency_s().observe(time.perf_counter() - t0, tags=tags)
 
     @app.get("/healthz")
@@ -436,9 +461,11 @@ class Gateway:
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
-def build_app(spec: ServeSpec, checkpoints: list[str | Path], api_keys: list[str] | None = None):
+def build_app(spec: ServeSpec, checkpoints: list[str | Path]):
     """One gateway deployment (FastAPI ingress) holding every checkpoint, each named by its
-    meta.json ``name``; autoscaled by ``spec.autoscaling``."""
+    meta.json ``name``; autoscaled by ``spec.autoscaling``. API keys are read here, where the
+    application is built (``spec.api_keys_env`` / ``spec.api_keys_file``), so every way of
+    starting it enforces them; replicas get only the keys' digests."""
     if not checkpoints:
         raise ValueError("no checkpoints to serve")
     names: dict[str, str] = {}
@@ -467,5 +494,40 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], api_keys: list[str
             "look_back_period_s": a.look_back_period_s,
         },
     }
-    settings = {"spec": spec.model_dump(mode="json"), "api_keys": api_keys or []}
+    configured = keys.load_keys(spec.api_keys_env, spec.api_keys_file, spec.requests_per_minute)
+    settings = {"spec": spec.model_dump(mode="json"), "keys": keys.to_settings(configured)}
     return Gateway.options(name="genai", **options).bind(list(names.values()), settings)
+
+
+class AppArgs(ServeSpec):
+    """Arguments of :func:`app_builder`: every serve-config field, plus ``config``, a serve
+    YAML that the other arguments override. Unknown fields are errors."""
+
+    config: str | None = None
+
+
+def app_builder(args: AppArgs):
+    """The application for Ray Serve's own config files and CLI (``serve run`` /
+    ``serve deploy`` / KubeRay's RayService), with typed args::
+
+        import_path: genai.serve.app:app_builder
+        args: {config: serve/lm.yaml, checkpoints: [/abs/path/runs/lm-tiny/checkpoints/latest]}
+
+    ``genai serve`` builds the same application (:func:`build_app`). ``host`` and ``port``
+    are the Serve config's ``http_options`` there, not arguments of the application.
+    """
+    from genai.config import load_serve
+
+    overrides = args.model_dump(mode="json", exclude_unset=True, exclude={"config"})
+    base = load_serve(args.config).model_dump(mode="json") if args.config else {}
+    spec = ServeSpec.model_validate(_merge(base, overrides))
+    if not spec.checkpoints:
+        raise ValueError("app_builder: args.checkpoints is empty (or set it in args.config)")
+    return build_app(spec, spec.checkpoints)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -22,8 +22,8 @@ def count(counter: metrics.Counter, n: int, tags: dict[str, str]) -> None:
 def requests_total() -> metrics.Counter:
     return metrics.Counter(
         "genai_requests_total",
-        description="HTTP requests by route, model and status code",
-        tag_keys=("route", "model", "status"),
+        description="HTTP requests by route, model, status code and API key name",
+        tag_keys=("route", "model", "status", "key"),
     )
 
 
@@ -41,8 +41,8 @@ def request_latency_s() -> metrics.Histogram:
 def tokens_total() -> metrics.Counter:
     return metrics.Counter(
         "genai_tokens_total",
-        description="prompt and completion tokens processed",
-        tag_keys=("model", "kind"),
+        description="prompt and completion tokens processed, by API key name",
+        tag_keys=("model", "kind", "key"),
     )
 
 

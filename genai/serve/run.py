@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 from pathlib import Path
@@ -18,8 +17,7 @@ APP_NAME = "genai"
 
 def start(spec: ServeSpec, checkpoints: list[str | Path]) -> str:
     """Deploy on the connected Ray; returns the base URL once every replica is up."""
-    keys = [k.strip() for k in os.environ.get(spec.api_keys_env, "").split(",") if k.strip()]
-    application = build_app(spec, checkpoints, api_keys=keys)
+    application = build_app(spec, checkpoints)
     serve.start(http_options={"host": spec.host, "port": spec.port})
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if spec.host in ("0.0.0.0", "::") else spec.host

@@ -27,6 +27,7 @@ from genai.models.decoding import BatchDecoder, Generation, Sampling
 from genai.models.transformer import context_length
 from genai.serve import metrics
 from genai.serve.cards import lineage_card
+from genai.serve.keys import current_key
 
 
 @dataclass
@@ -208,7 +209,7 @@ class LMServer:
                 gen.cancel()
 
     def _count(self, gen: Generation) -> None:
-        tags = {"model": self.lm.name}
+        tags = {"model": self.lm.name, "key": current_key.get()}
         metrics.count(metrics.tokens_total(), len(gen.prompt_ids), {**tags, "kind": "prompt"})
         metrics.count(metrics.tokens_total(), len(gen.tokens), {**tags, "kind": "completion"})
 
