@@ -81,7 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _query(args: argparse.Namespace) -> int:
     import httpx
 
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    key = os.environ.get(args.api_key_env, "")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     body = {
         "prompt": args.prompt,
         "max_tokens": args.max_tokens,
@@ -238,7 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--temperature", type=float, default=0.8)
     q.add_argument("--top-p", type=float, default=0.95)
     q.add_argument("--seed", type=int, default=None)
-    q.add_argument("--api-key", default=os.environ.get("GENAI_API_KEY"))
+    q.add_argument(
+        "--api-key-env",
+        default="GENAI_API_KEY",
+        help="env var holding the API key (keys never go on a command line, where ps shows them)",
+    )
     q.add_argument("--timeout", type=float, default=120)
     q.add_argument("--stream", action="store_true", help="print tokens as they are generated")
     q.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -282,3 +283,22 @@ def test_api_keys_have_names_limits_and_clear_errors(tmp_path):
             load_keys("K", None, environ=bad_env)
     with pytest.raises(ValueError, match="does not exist"):
         load_keys("K", str(tmp_path / "missing.yaml"), environ={})
+
+
+def test_serve_deploy_file_is_a_valid_serve_config_with_typed_args():
+    """serve/deploy.yaml passes Ray Serve's own schema, and its args are app_builder's."""
+    import pydantic
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from genai.serve.app import AppArgs, app_builder
+
+    raw = yaml.safe_load((Path(__file__).parent.parent / "serve/deploy.yaml").read_text())
+    (app,) = ServeDeploySchema.model_validate(raw).applications
+    assert app.import_path == "genai.serve.app:app_builder"
+    args = AppArgs.model_validate(app.args)
+    assert args.config == "serve/lm.yaml" and len(args.checkpoints) == 3
+    with pytest.raises(pydantic.ValidationError, match="checkpointz"):
+        AppArgs.model_validate({"checkpointz": []})
+    with pytest.raises(ValueError, match="checkpoints is empty"):
+        app_builder(AppArgs(config=str(Path(__file__).parent.parent / "serve/lm.yaml")))
