@@ -304,3 +304,178 @@ def test_wrong_image_size_is_named(all_served):
         "images[1] is 16x16" in r.json()["error"]["message"]
         and r.json()["error"]["param"] == "images"
     )
+
+
+# ------------------------------------------------------------------------------- fuzzing
+
+
+def _from_property(prop: dict, components: dict, json_values):
+    """Values for one field, near its schema: its type and bounds (and just past them)."""
+    from hypothesis import strategies as st
+
+    if "$ref" in prop:
+        return _body(components["schemas"][prop["$ref"].split("/")[-1]], components, json_values)
+    if "anyOf" in prop:
+        return st.one_of([_from_property(p, components, json_values) for p in prop["anyOf"]])
+    if "enum" in prop:
+        return st.sampled_from(prop["enum"]) | st.text(max_size=8)
+    kind = prop.get("type")
+    if kind == "integer":
+        lo, hi = prop.get("minimum", -10), prop.get("maximum", 10_000)
+        return st.integers(lo - 3, hi + 3) | st.integers()
+    if kind == "number":
+        lo, hi = prop.get("minimum", -10.0), prop.get("maximum", 10.0)
+        return st.floats(lo - 1, hi + 1) | st.floats(allow_nan=False, allow_infinity=False)
+    if kind == "string":
+        return st.text(max_size=prop.get("maxLength", 64) + 4)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "array":
+        item = _from_property(prop.get("items", {}), components, json_values)
+        return st.lists(item, max_size=min(prop.get("maxItems", 6), 6) + 1)
+    if kind == "object":
+        return _body(prop, components, json_values)
+    return json_values
+
+
+def _body(schema: dict, components: dict, json_values):
+    """Dicts with a random subset of the schema's fields (required ones usually present)."""
+    from hypothesis import strategies as st
+
+    props = schema.get("properties", {})
+    if not props:
+        return json_values
+    fields = {k: _from_property(v, components, json_values) for k, v in props.items()}
+    required = set(schema.get("required", []))
+    return st.fixed_dictionaries(
+        {k: f for k, f in fields.items() if k in required},
+        optional={k: f for k, f in fields.items() if k not in required},
+    )
+
+
+def _fuzz_cases(openapi: dict):
+    """(method, path, body) for every route: bodies near the route's own schema (right and
+    wrong types, values in and just out of bounds), arbitrary JSON, and raw bytes."""
+    from hypothesis import strategies as st
+
+    json_values = st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+        max_leaves=12,
+    )
+    cases = []
+    for path, ops in sorted(openapi["paths"].items()):
+        for method, op in ops.items():
+            if method == "get":
+                cases.append(st.just((method, path, None)))
+                continue
+            schema = op["requestBody"]["content"]["application/json"]["schema"]
+            body = (
+                _from_property(schema, openapi["components"], json_values)
+                | json_values
+                | st.binary(max_size=64)
+            )
+            cases.append(st.tuples(st.just(method), st.just(path), body))
+    return st.one_of(cases)
+
+
+FUZZ_CASES = 1000
+
+
+def test_fuzzing_every_route_gives_no_5xx_and_no_replica_dies(all_served):
+    """1,000 property-based cases from the app's OpenAPI schema: valid and invalid bodies
+    on every route. Every answer is < 500 and JSON, and the replicas that answered
+    /healthz before answer it after."""
+    from hypothesis import HealthCheck, given, settings
+
+    client = all_served
+    openapi = client.get("/openapi.json").json()
+    before = {client.get("/healthz").json()["replica"] for _ in range(4)}
+    statuses: dict[int, int] = {}
+
+    @settings(
+        max_examples=FUZZ_CASES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,  # the same 1,000 cases on every run
+    )
+    @given(case=_fuzz_cases(openapi))
+    def run(case):
+        method, path, body = case
+        if method == "get":
+            r = client.get(path)
+        elif isinstance(body, bytes):
+            r = client.post(path, content=body, headers={"content-type": "application/json"})
+        else:
+            r = client.post(path, json=body)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code < 500, (method, path, body, r.text[:300])
+        if r.headers["content-type"].startswith("text/event-stream"):
+            assert r.text.rstrip().endswith("data: [DONE]"), r.text[-300:]
+        else:
+            r.json()
+
+    run()
+    assert sum(statuses.values()) == FUZZ_CASES
+    assert statuses.get(200, 0) > 0 and sum(v for s, v in statuses.items() if s >= 400) > 0
+    after = {client.get("/healthz").json()["replica"] for _ in range(8)}
+    assert before <= after, f"replicas changed: {before} -> {after}"
+    print(f"fuzz: {FUZZ_CASES} cases, statuses {dict(sorted(statuses.items()))}")
+
+
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (b"[" * 600_000 + b"]" * 600_000, 413),  # over the 1 MB body limit
+        (b'{"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400),  # past the parser's depth
+        (b'{"prompt": ' + b"[" * 500 + b"]" * 500 + b"}", 422),  # deep, parsed, wrong type
+        (b'{"prompt": "\xff\xfe bad utf-8"}', 400),
+        (b'{"prompt": "x", "max_tokens": 99999999999999999999999}', 422),
+        (b'{"prompt": "", "n": 1000000}', 422),
+    ],
+)
+def test_hostile_bodies_get_4xx(all_served, content, status):
+    client = all_served
+    path = "/v1/images/generations" if b'"n"' in content else "/v1/completions"
+    r = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text[:300]
+    assert r.json()["error"]["param"] in ("body", "prompt", "max_tokens", "n")
+
+
+def test_a_slow_client_does_not_hold_up_others(all_served):
+    """A client trickling its body byte by byte: others are answered meanwhile."""
+    import socket
+    import threading
+    import time as _time
+
+    client = all_served
+    host, port = client.base_url.host, client.base_url.port
+    body = b'{"prompt": "x", "max_tokens": 2}'
+    head = (
+        f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    reply: list[bytes] = []
+
+    def slow() -> None:
+        with socket.create_connection((host, port), timeout=60) as s:
+            s.sendall(head)
+            for b in body:
+                s.sendall(bytes([b]))
+                _time.sleep(0.1)
+            reply.append(s.recv(65536))
+
+    t = threading.Thread(target=slow)
+    t.start()
+    _time.sleep(0.5)
+    t0 = _time.perf_counter()
+    fast = client.post("/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    fast_s = _time.perf_counter() - t0
+    t.join(timeout=60)
+    assert fast.status_code == 200 and fast_s < 2.5  # the slow body takes 3.2 s to arrive
+    assert reply and reply[0].startswith(b"HTTP/1.1 200")

@@ -103,7 +103,7 @@ async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
     return _error(
         exc.status_code,
         str(exc.detail),
-        None,
+        "body" if exc.status_code == 400 else None,  # Starlette's 400: the body did not parse
         "not_found" if exc.status_code == 404 else "http_error",
     )
 
@@ -148,8 +148,11 @@ class LimitsAndAuth:
             keys.current_key.set(key.name)
             wait = ring.retry_after(key)
             if wait > 0:
+                # label values are ours, never the client's text (cardinality, encoding)
+                known = any(getattr(r, "path", None) == scope["path"] for r in scope["app"].routes)
+                route = scope["path"] if known else "other"
                 metrics.requests_total().inc(
-                    tags={"route": scope["path"], "model": "", "status": "429", "key": key.name}
+                    tags={"route": route, "model": "", "status": "429", "key": key.name}
                 )
                 reply = _error(
                     429,
@@ -297,7 +300,10 @@ class Gateway:
             status = "500"
             raise
         finally:
-            tags = {"route": route, "model": model or ""}
+            # a model label is a served model's name or "unknown", never the client's text:
+            # Ray's metrics reject non-ASCII values, and labels must stay few
+            label = "" if model is None else model if model in self.models else "unknown"
+            tags = {"route": route, "model": label}
             metrics.requests_total().inc(
                 tags={**tags, "status": status, "key": keys.current_key.get()}
             )
