@@ -2,11 +2,12 @@
 arithmetic as ``transformers``' GPT-2, with the per-call Python work cut out.
 
 Why it exists: lm-tiny's forward (4 layers, 192 wide) is so small that ``transformers``'
-generic machinery (mask builders, cache classes, output dataclasses, hooks) costs more than
-the arithmetic. Measured on this 2-core machine (bench/decode_step.py): a decode step for
-one sequence took 5.7 ms through ``GPT2LMHeadModel`` and a fraction of that here, and a
-step for 32 sequences, the serving case, drops by about as much. Larger models are
-dominated by their matmuls, where the two paths cost the same.
+generic machinery (mask builders, cache classes, output dataclasses) costs more than the
+arithmetic. Measured on the 2-core CPU machine, one thread: a decode step for one sequence
+took 4.1-6.1 ms through ``GPT2LMHeadModel`` and 2.2-3.0 ms here; a 32-sequence decoder ran
+45-54 against 32-45 sequences/s. ``make bench-serve`` shows it inside the server (the
+``genai hf-forward`` row). Larger models are dominated by their matmuls, where the two
+paths cost the same.
 
 Only serving uses it, and only for the plain GPT-2 configuration genai builds
 (:func:`lean_forward` returns ``None`` for anything else, and the decoder falls back to
