@@ -294,7 +294,9 @@ def test_serve_deploy_file_is_a_valid_serve_config_with_typed_args():
     from genai.serve.app import AppArgs, app_builder
 
     raw = yaml.safe_load((Path(__file__).parent.parent / "serve/deploy.yaml").read_text())
-    (app,) = ServeDeploySchema.model_validate(raw).applications
+    config = ServeDeploySchema.model_validate(raw)
+    assert config.http_options.host == "127.0.0.1"  # shipped configs bind loopback only
+    (app,) = config.applications
     assert app.import_path == "genai.serve.app:app_builder"
     args = AppArgs.model_validate(app.args)
     assert args.config == "serve/lm.yaml" and len(args.checkpoints) == 3
