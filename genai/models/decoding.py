@@ -326,16 +326,20 @@ class BatchDecoder:
     def _retire(self) -> None:
         """Free the rows of finished and cancelled sequences; compact the cache only when
         free rows are many or linger (a new sequence usually takes a free row first)."""
+        retired = 0
         for i, g in enumerate(self.rows):
             if g is not None and (g.finished or g.cancelled):
                 self.counts["finished" if g.finished else "cancelled"] += 1
                 self.rows[i] = None
                 self._mask[i] = 0  # from now on the row sees only its own latest token
+                retired += 1
         live = self.active
         if not live:
             self._reset()
             return
         free = len(self.rows) - live
+        if not retired and not free:  # the common step: nothing changed, nothing to check
+            return
         self._free_steps = self._free_steps + 1 if free and not self._waiting else 0
         # leading columns no live row uses: attention over them is wasted work
         first = int((self._mask[self._live_index()].sum(0) > 0).nonzero()[0])
