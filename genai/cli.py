@@ -19,6 +19,7 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -62,6 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
         overrides.append(f"host={args.host}")
     if args.port:
         overrides.append(f"port={args.port}")
+    if args.watch:
+        overrides.append("watch=true")
     spec = load_serve(args.config, overrides)
     checkpoints = args.checkpoints or spec.checkpoints
     if not checkpoints:
@@ -74,7 +77,9 @@ def _serve(args: argparse.Namespace) -> int:
         resolve(c)  # fail before Ray starts, with the path in the message
     from genai.serve.run import serve_forever
 
-    serve_forever(spec, checkpoints, address=args.address)
+    # the config's list is watched only when the checkpoints came from it
+    config_file = args.config if not args.checkpoints else None
+    serve_forever(spec, checkpoints, address=args.address, config_file=config_file)
     return 0
 
 
@@ -168,6 +173,84 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(text: str):
+    """'90s' / '30m' / '1h' / '2d' ago, or an ISO 8601 time (UTC unless it says)."""
+    from datetime import UTC, datetime, timedelta
+
+    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
+        return datetime.now(UTC) - timedelta(**{units[text[-1]]: float(text[:-1])})
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"--since: {text!r} is neither 30m/1h/2d nor an ISO 8601 time") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _generations(args: argparse.Namespace) -> int:
+    from genai.serve import genlog
+
+    directory = Path(args.dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"--dir: no generation log at {directory}")
+    since = _since(args.since) if args.since else None
+    table, skipped = genlog.read(directory, args.model, since, args.min_score, args.max_score)
+    if args.limit:
+        table = table.slice(max(0, table.num_rows - args.limit))
+    for path in skipped:
+        print(f"genai: skipped {path.name} (still being written, or torn)", file=sys.stderr)
+    if args.out:
+        out = Path(args.out)
+        if out.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, out)
+        elif out.suffix == ".csv":
+            import pyarrow.csv as pacsv
+
+            # CSV has no lists: image hashes joined with spaces
+            hashes = [" ".join(h or []) for h in table["image_sha256"].to_pylist()]
+            i = table.schema.get_field_index("image_sha256")
+            pacsv.write_csv(table.set_column(i, "image_sha256", [hashes]), out)
+        else:
+            raise ValueError(f"--out: {out.name} must end in .parquet or .csv")
+        print(f"wrote {table.num_rows} generations to {out}")
+        return 0
+    _print_generations(table.to_pylist(), args.width)
+    return 0
+
+
+def _print_generations(rows: list[dict], width: int) -> None:
+    def cut(text: str | None) -> str:
+        text = (text or "").replace("\n", "\\n")
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    cols = ("time", "id", "model", "step", "key", "status", "latency", "tokens", "score")
+    lines = [(*cols, "prompt", "output")]
+    for r in rows:
+        images = r["image_sha256"] or []
+        tokens = f"{r['prompt_tokens']}+{r['completion_tokens']}" if r["prompt_tokens"] else ""
+        lines.append(
+            (
+                r["time"].strftime("%Y-%m-%d %H:%M:%S"),
+                r["id"],
+                r["model"] or "",
+                str(r["step"] if r["step"] is not None else ""),
+                r["key"] or "",
+                str(r["status"]),
+                f"{r['latency_s'] * 1000:.0f}ms",
+                tokens or (f"{len(images)} img" if images else ""),
+                "" if r["score"] is None else f"{r['score']:g}",
+                cut(r["prompt"]),
+                cut(r["output"]),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    for line in lines:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+    print(f"({len(rows)} generations)")
+
+
 def _demo(args: argparse.Namespace) -> int:
     from genai.demo import run_demo
 
@@ -228,8 +311,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument(
+        "--watch",
+        action="store_true",
+        help="swap in a new checkpoint (a moved `latest`, an edited --config list) without a restart",
+    )
     s.add_argument("--address", help="Ray cluster address; default: embedded local Ray")
     s.set_defaults(func=_serve)
+
+    g = sub.add_parser("generations", help="read the generation log (with feedback scores)")
+    g.add_argument("--dir", default="runs/generations", help="the log (serve's generation_log.dir)")
+    g.add_argument("--model", help="only this model")
+    g.add_argument("--since", help="30m, 1h, 2d ago, or an ISO 8601 time")
+    g.add_argument("--min-score", type=float, help="only scored generations, score >= this")
+    g.add_argument("--max-score", type=float, help="only scored generations, score <= this")
+    g.add_argument("--limit", type=int, default=0, help="only the newest N")
+    g.add_argument("--out", help="write .parquet or .csv instead of printing a table")
+    g.add_argument("--width", type=int, default=40, help="prompt/output characters shown")
+    g.set_defaults(func=_generations)
 
     q = sub.add_parser("query", help="ask a served model for a completion")
     q.add_argument("prompt")

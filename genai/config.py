@@ -227,6 +227,21 @@ class ImageBatchSpec(Section):
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
 
 
+class GenerationLogSpec(Section):
+    """What each request leaves in the generation log (:mod:`genai.serve.genlog`)."""
+
+    mode: Literal["full", "metadata", "off"] = Field(
+        "full", description="full: prompts and outputs too; metadata: neither; off: no log"
+    )
+    dir: str = Field("runs/generations", description="where the Parquet files go")
+    save_images: bool = Field(False, description="also keep each generated PNG (full mode)")
+    flush_s: float = Field(1.0, gt=0, le=60, description="seconds between batched writes")
+    rotate_s: float = Field(
+        300.0, gt=0, description="close a file after this long (a kill loses at most this)"
+    )
+    rotate_mb: float = Field(64.0, gt=0, description="close a file once it is this large")
+
+
 class ServeSpec(Section):
     host: str = Field("127.0.0.1", description="bind address of the HTTP proxy")
     port: int = Field(8000, ge=1, le=65535)
@@ -263,6 +278,13 @@ class ServeSpec(Section):
     requests_per_minute: float = Field(
         0.0, ge=0, description="per-key request rate limit (per replica); 0: none"
     )
+    watch: bool = Field(
+        False,
+        description="replicas poll each checkpoint (a `latest` link, a checkpoints root) and "
+        "the serve config's checkpoint list, and swap a new checkpoint in without a restart",
+    )
+    watch_interval_s: float = Field(2.0, gt=0, description="seconds between watch passes")
+    generation_log: GenerationLogSpec = Field(default_factory=GenerationLogSpec)
 
 
 # --------------------------------------------------------------------------- loading

@@ -7,6 +7,7 @@ over HTTP. Models are tiny (2 layers, width 32) so a run takes seconds.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import sysconfig
 from pathlib import Path
@@ -26,6 +27,8 @@ def ray_session():
     """
     from genai import cluster
 
+    # metrics reach Ray's export every 2 s instead of 10 (the Prometheus test waits on them)
+    os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
     with cluster.connect(num_cpus=4):
         yield
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -34,7 +35,12 @@ SLOW_KEY = "sk-carol-0003"  # in the keys file with 6 requests/min: a burst of 1
 
 
 @pytest.fixture(scope="module")
-def served(serve_url, zero3_checkpoint, tmp_path_factory):
+def genlog_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("generations")
+
+
+@pytest.fixture(scope="module")
+def served(serve_url, zero3_checkpoint, tmp_path_factory, genlog_dir):
     """The ZeRO-3 checkpoint, with a booby-trapped pickle beside it, served through the
     Serve-native app builder with named API keys from an env var and a file."""
     from ray import serve
@@ -56,6 +62,8 @@ def served(serve_url, zero3_checkpoint, tmp_path_factory):
         max_body_bytes=20_000,
         api_keys_env="GENAI_TEST_KEYS",
         api_keys_file=str(keys_file),
+        # files rotate every second here, so a test reads them soon
+        generation_log={"dir": str(genlog_dir), "flush_s": 0.2, "rotate_s": 1},
     )
     with pytest.MonkeyPatch.context() as mp:  # keys are read where the app is built
         for k, v in env.items():
@@ -299,3 +307,87 @@ def test_genai_serve_cli_query_and_sigterm(zero3_checkpoint, tmp_path):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def _wait_logged(directory: Path, ids: set[str], timeout: float = 30):
+    from genai.serve import genlog
+
+    deadline = time.time() + timeout
+    while True:
+        table, _ = genlog.read(directory)
+        rows = {r["id"]: r for r in table.to_pylist()}
+        if ids <= rows.keys() or time.time() > deadline:
+            return rows
+        time.sleep(0.3)
+
+
+def test_generation_log_with_feedback_and_a_torn_file(served, genlog_dir, zero3_checkpoint, capsys):
+    from genai.checkpoint import read_meta
+    from genai.cli import main
+
+    client, _ = served
+    plain = client.post(
+        "/v1/completions", json={"prompt": "log me ", "max_tokens": 6, "seed": 1}
+    ).json()
+    alice = {"Authorization": f"Bearer {KEYS['alice']}"}
+    streamed, sid = "", None
+    with client.stream(
+        "POST",
+        "/v1/completions",
+        json={"prompt": "x = ", "max_tokens": 5, "stream": True},
+        headers=alice,
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                event = json.loads(line[6:])
+                sid = event["id"]
+                streamed += event["choices"][0]["text"]
+    missing = client.post("/v1/completions", json={"model": "nope", "prompt": "x"})
+    assert missing.status_code == 404
+
+    # feedback: a score for a logged id; bad scores and ids name the field
+    fb = client.post("/v1/feedback", json={"id": plain["id"], "score": 1, "comment": "good"})
+    assert fb.status_code == 200 and fb.json()["score"] == 1, fb.text
+    client.post("/v1/feedback", json={"id": sid, "score": -0.5})
+    for body, field in (
+        ({"id": plain["id"], "score": 3}, "score"),
+        ({"id": "cmpl-<script>", "score": 1}, "id"),
+        ({"score": 1}, "id"),
+    ):
+        bad = client.post("/v1/feedback", json=body)
+        assert bad.status_code == 422 and bad.json()["error"]["param"] == field, bad.text
+
+    rows = _wait_logged(genlog_dir, {plain["id"], sid})
+    meta = read_meta(zero3_checkpoint)
+    p, s = rows[plain["id"]], rows[sid]
+    assert p["prompt"] == "log me " and p["output"] == plain["choices"][0]["text"]
+    assert (p["model"], p["step"], p["spec_hash"], p["key"], p["status"]) == (
+        "tiny-z3",
+        meta.step,
+        meta.spec_hash,
+        "bob",
+        200,
+    )
+    assert p["completion_tokens"] == plain["usage"]["completion_tokens"] and p["latency_s"] > 0
+    assert json.loads(p["params"])["max_tokens"] == 6 and json.loads(p["params"])["seed"] == 1
+    assert (p["score"], p["comment"]) == (1.0, "good")
+    assert s["output"] == streamed and s["key"] == "alice" and s["score"] == -0.5
+    assert any(r["status"] == 404 and r["error"] for r in rows.values())
+
+    # a torn file (a kill mid-write, renamed by hand) and a foreign one are skipped
+    complete = sorted(genlog_dir.glob("generations-*.parquet"))[0]
+    data = complete.read_bytes()
+    (genlog_dir / "generations-torn.parquet").write_bytes(data[: len(data) // 2])
+    (genlog_dir / "generations-junk.parquet").write_bytes(b"not parquet")
+    assert (
+        main(["generations", "--dir", str(genlog_dir), "--model", "tiny-z3", "--min-score", "1"])
+        == 0
+    )
+    out, err = capsys.readouterr()
+    assert plain["id"] in out and sid not in out and "(1 generations)" in out, out
+    assert "generations-torn.parquet" in err and "generations-junk.parquet" in err
+    csv = genlog_dir.parent / "log.csv"
+    assert main(["generations", "--dir", str(genlog_dir), "--since", "1h", "--out", str(csv)]) == 0
+    assert csv.read_text().count(plain["id"]) == 1
+    assert main(["generations", "--dir", str(genlog_dir), "--since", "soon"]) == 2
+    assert "--since" in capsys.readouterr().err

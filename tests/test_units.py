@@ -304,3 +304,53 @@ def test_serve_deploy_file_is_a_valid_serve_config_with_typed_args():
         AppArgs.model_validate({"checkpointz": []})
     with pytest.raises(ValueError, match="checkpoints is empty"):
         app_builder(AppArgs(config=str(Path(__file__).parent.parent / "serve/lm.yaml")))
+
+
+# ------------------------------------------------------------------ generation log
+
+_KILLED_WRITER = """
+import sys, time
+from types import SimpleNamespace
+from genai.serve.genlog import GenerationLog
+spec = SimpleNamespace(mode=sys.argv[2], save_images=False, flush_s=0.05, rotate_s=0.5, rotate_mb=64,
+                       dir=sys.argv[1])
+log = GenerationLog(spec, "replica-x")
+i = 0
+while True:  # records until SIGKILLed, mid-file
+    log.record({"id": f"cmpl-{i:024x}", "time": time.time(), "status": 200, "prompt": "p", "output": "o"})
+    i += 1
+    time.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("mode", ["full", "metadata"])
+def test_generation_log_survives_a_kill_and_honours_its_mode(tmp_path, mode):
+    """A SIGKILLed writer leaves complete files plus one open file; reading skips the
+    open (torn) one and loses nothing else. Metadata mode keeps no prompts or outputs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from genai.serve import genlog
+
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path), mode])
+    try:
+        deadline = time.time() + 60
+        while len(list(tmp_path.glob("generations-*.parquet"))) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)  # into the next file (files rotate every 0.5 s)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    table, skipped = genlog.read(tmp_path)
+    assert table.num_rows > 0 and len(skipped) >= 1, (table.num_rows, skipped)
+    assert all(p.name.endswith(".inprogress") for p in skipped)
+    ids = table["id"].to_pylist()
+    assert len(ids) == len(set(ids)) and ids == sorted(ids)  # complete files, in order
+    rows = table.to_pylist()
+    if mode == "full":
+        assert {(r["prompt"], r["output"]) for r in rows} == {("p", "o")}
+    else:
+        assert {(r["prompt"], r["output"]) for r in rows} == {(None, None)}
+    assert {r["replica"] for r in rows} == {"replica-x"} and rows[0]["score"] is None

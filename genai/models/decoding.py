@@ -196,6 +196,7 @@ class BatchDecoder:
         max_batch_tokens: int = 8192,
         on_step: Callable[[int, float], None] | None = None,
         lean: bool = True,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.model = model
         self.max_position = context_length(model.config)
@@ -205,6 +206,7 @@ class BatchDecoder:
         self.eos_id = eos_id
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
         self.on_step = on_step  # (batch size, seconds) after each decode step: metrics
+        self.on_idle = on_idle  # when it goes idle, and each idle second: metrics
         # one entry per batch row; None: a free row (its sequence left), reused by the next
         # sequence that fits, so rows come and go without copying the whole cache
         self.rows: list[Generation | None] = []
@@ -300,6 +302,8 @@ class BatchDecoder:
     def _loop(self) -> None:
         while not self._closed:
             if not self.busy:
+                if self.on_idle is not None:
+                    self.on_idle()
                 self._wake.wait(timeout=1.0)
                 self._wake.clear()
                 continue

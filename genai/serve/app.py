@@ -7,11 +7,13 @@ bad input is rejected at the gateway.
 
 # No `from __future__ import annotations` here: Serve wraps the ingress methods, and
 # FastAPI then cannot resolve string annotations (the body became a query parameter).
+import asyncio
 import base64
 import binascii
 import contextlib
 import io
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,12 +34,14 @@ from genai.families.lm.serving import NoChatTemplate, PromptTooLong
 from genai.models.decoding import Generation
 
 # modules, not their names: this file's classes are pickled by value (a ContextVar cannot be)
-from genai.serve import keys, metrics
+from genai.serve import genlog, keys, metrics, registry
 from genai.serve.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
     CompletionResponse,
+    FeedbackRequest,
+    FeedbackResponse,
     ImageGenerationRequest,
     ImagesResponse,
     InterpolateRequest,
@@ -225,6 +229,34 @@ def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
+ID_PREFIX = {
+    "/v1/completions": "cmpl",
+    "/v1/chat/completions": "chatcmpl",
+    "/v1/images/generations": "img",
+    "/v1/vae/reconstruct": "img",
+    "/v1/vae/interpolate": "img",
+}
+
+
+def _record_lm(rec: dict[str, Any], gen: Generation) -> None:
+    rec.update(
+        output=gen.text,
+        finish_reason=gen.finish_reason,
+        prompt_tokens=len(gen.prompt_ids),
+        completion_tokens=len(gen.tokens),
+    )
+
+
+def _record_images(rec: dict[str, Any], images: list[str]) -> None:
+    rec["pngs"] = [base64.b64decode(b) for b in images]
+
+
+def _images_response(rec: dict[str, Any], images: list[str]) -> ImagesResponse:
+    return ImagesResponse(
+        id=rec["id"], created=int(rec["time"]), data=[{"b64_json": b} for b in images]
+    )
+
+
 def _usage(gen: Generation) -> dict[str, int]:
     prompt, completion = len(gen.prompt_ids), len(gen.tokens)
     return {
@@ -245,69 +277,109 @@ class Gateway:
     The whole application scales out by replicas of this one deployment.
     """
 
-    def __init__(self, checkpoints: list[str], settings: dict[str, Any]) -> None:
+    def __init__(self, settings: dict[str, Any]) -> None:
         spec = ServeSpec.model_validate(settings["spec"])
-        self.models: dict[str, Any] = {}
-        for path in checkpoints:
-            directory = Path(path)
-            meta = read_meta(directory)
-            self.models[meta.name] = get_family(meta.family).load("server")(directory, meta, spec)
-        self.cards = {name: m.info() for name, m in self.models.items()}
+        # models load in reconfigure(): Serve calls it with the user_config right after
+        # __init__, and again when only the user_config changed (no replica restart)
+        self.registry = registry.Registry(spec)
         self.max_tokens_limit = spec.max_tokens_limit
+        self.watch = (spec.watch_interval_s, settings.get("config_file"), settings.get("base"))
+        self.watching = spec.watch
         app.state.max_body_bytes = spec.max_body_bytes
         app.state.keys = keys.KeyRing(settings["keys"])
+        replica = serve.get_replica_context().replica_id.unique_id
+        log_spec = spec.generation_log
+        self.genlog = None if log_spec.mode == "off" else genlog.GenerationLog(log_spec, replica)
+
+    async def reconfigure(self, config: dict[str, Any]) -> None:
+        sources = [str(s) for s in config["checkpoints"]]
+        if not self.registry.served:
+            await asyncio.to_thread(self.registry.load_all, sources)
+            if self.watching:
+                self.registry.watch(*self.watch)
+        else:
+            await asyncio.to_thread(self.registry.apply, sources)
+
+    @property
+    def models(self) -> dict[str, Any]:
+        return self.registry.servers
+
+    @property
+    def cards(self) -> dict[str, dict[str, Any]]:
+        return self.registry.cards
 
     def __del__(self) -> None:
-        for m in getattr(self, "models", {}).values():
-            m.close()
+        if hasattr(self, "registry"):
+            self.registry.close()
+        if getattr(self, "genlog", None) is not None:
+            self.genlog.close()  # completes the open Parquet file
 
-    def _route(self, model: str | None, families: tuple[str, ...]) -> tuple[str, Any]:
-        """The served model a request names (or the only one of the right family)."""
+    def _route(
+        self, model: str | None, families: tuple[str, ...], rec: dict[str, Any]
+    ) -> tuple[str, Any]:
+        """The served model a request names (or the only one of the right family); the
+        record gets the checkpoint it is served from (one snapshot: a swap may follow)."""
+        served = self.registry.served
         if model is None:
-            fitting = [n for n in sorted(self.models) if self.cards[n]["family"] in families]
-            if len(fitting) == 1:
-                return fitting[0], self.models[fitting[0]]
-            raise APIError(
-                422,
-                f"model is required: {len(fitting)} {'/'.join(families)} models are served",
-                "model",
-            )
-        if model not in self.models:
+            fitting = [n for n in sorted(served) if served[n].family in families]
+            if len(fitting) != 1:
+                raise APIError(
+                    422,
+                    f"model is required: {len(fitting)} {'/'.join(families)} models are served",
+                    "model",
+                )
+            model = fitting[0]
+        if model not in served:
             raise APIError(
                 404,
                 f"model {model!r} is not served; GET /v1/models lists them",
                 "model",
                 "not_found",
             )
-        family = self.cards[model]["family"]
-        if family not in families:
+        s = served[model]
+        rec.update(model=model, step=s.card["step"], spec_hash=s.spec_hash)
+        if s.family not in families:
             raise APIError(
                 400,
-                f"model {model!r} is a {family} model; this route takes {'/'.join(families)}",
+                f"model {model!r} is a {s.family} model; this route takes {'/'.join(families)}",
                 "model",
             )
-        return model, self.models[model]
+        return model, s.server
 
     @contextlib.asynccontextmanager
-    async def _observe(self, route: str, model: str | None):
-        t0, status = time.perf_counter(), "200"
+    async def _observe(self, route: str, rec: dict[str, Any] | None = None, opens: bool = False):
+        """Count, time and log one request. ``opens``: the request goes on as a stream,
+        whose own ``_observe`` (with the same record) finishes it unless opening failed."""
+        if rec is None:
+            rec = {
+                "id": f"{ID_PREFIX[route]}-{uuid.uuid4().hex[:24]}",
+                "route": route,
+                "time": time.time(),
+                "t0": time.perf_counter(),
+                "key": keys.current_key.get(),
+            }
+        status = 200
         try:
-            yield
+            yield rec
         except APIError as exc:
-            status = str(exc.status)
+            status, rec["error"] = exc.status, exc.message
             raise
-        except Exception:
-            status = "500"
+        except Exception as exc:
+            status, rec["error"] = 500, f"{type(exc).__name__}: {exc}"[:500]
             raise
         finally:
-            # a model label is a served model's name or "unknown", never the client's text:
-            # Ray's metrics reject non-ASCII values, and labels must stay few
-            label = "" if model is None else model if model in self.models else "unknown"
-            tags = {"route": route, "model": label}
-            metrics.requests_total().inc(
-                tags={**tags, "status": status, "key": keys.current_key.get()}
-            )
-            metrics.request_latency_s().observe(time.perf_counter() - t0, tags=tags)
+            if not (opens and status == 200):
+                self._finish(rec, status)
+
+    def _finish(self, rec: dict[str, Any], status: int) -> None:
+        rec["status"], rec["latency_s"] = status, time.perf_counter() - rec["t0"]
+        # a model label is a served model's name, never the client's text: Ray's metrics
+        # reject non-ASCII values, and labels must stay few
+        tags = {"route": rec["route"], "model": rec.get("model") or ""}
+        metrics.requests_total().inc(tags={**tags, "status": str(status), "key": rec["key"]})
+        metrics.request_latency_s().observe(rec["latency_s"], tags=tags)
+        if self.genlog is not None:
+            self.genlog.record(rec, rec.pop("pngs", ()))
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -318,6 +390,8 @@ class Gateway:
             "replica": ctx.replica_id.unique_id,
             # per LM: sequences decoding and waiting now, and counters since start
             "decoding": {n: m.health() for n, m in self.models.items() if hasattr(m, "health")},
+            # what each model is served from, and recent swaps and refused checkpoints
+            **self.registry.health(),
         }
 
     @app.get("/v1/models", response_model=ModelList)
@@ -326,8 +400,10 @@ class Gateway:
 
     # ------------------------------------------------------------------ LM routes
 
-    def _open_lm(self, body: Any, prompt: str | None = None) -> tuple[str, Any, Generation]:
-        name, lm = self._route(body.model, ("lm",))
+    def _open_lm(
+        self, body: Any, rec: dict[str, Any], prompt: str | None = None
+    ) -> tuple[str, Any, Generation]:
+        name, lm = self._route(body.model, ("lm",), rec)
         req = body.model_dump()
         if isinstance(body, ChatCompletionRequest):
             if body.max_completion_tokens is not None:
@@ -346,17 +422,18 @@ class Gateway:
                 f"max_tokens must be <= {self.max_tokens_limit}, got {req['max_tokens']}",
                 "max_tokens",
             )
+        rec["prompt"] = prompt
+        rec["params"] = {k: v for k, v in req.items() if k not in ("prompt", "messages", "model")}
         try:
             return name, lm, lm.open(req, prompt, stream=body.stream)
         except PromptTooLong as exc:
             raise APIError(400, str(exc), "max_tokens") from None
 
     def _stream(
-        self, route: str, name: str, lm: Any, gen: Generation, body: Any, chat: bool
+        self, rec: dict[str, Any], name: str, lm: Any, gen: Generation, body: Any, chat: bool
     ) -> StreamingResponse:
-        cid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         head = {
-            "id": cid,
+            "id": rec["id"],
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": int(time.time()),
             "model": name,
@@ -373,7 +450,7 @@ class Gateway:
             return {**head, "choices": [choice]}
 
         async def events() -> AsyncIterator[str]:
-            async with self._observe(route, name):
+            async with self._observe(rec["route"], rec):
                 if chat:
                     yield _sse(chunk(None, None, role=True))
                 try:
@@ -382,6 +459,8 @@ class Gateway:
                 except Exception as exc:  # headers are sent: the error travels as an event
                     yield _sse({"error": {"message": str(exc), "type": "server_error"}})
                     raise
+                finally:
+                    _record_lm(rec, gen)
                 if body.stream_options is not None and body.stream_options.include_usage:
                     yield _sse({**head, "choices": [], "usage": _usage(gen)})
                 yield _sse("[DONE]")
@@ -392,46 +471,58 @@ class Gateway:
 
     @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(self, body: CompletionRequest):
-        route = "/v1/completions"
+        return await self._lm_route("/v1/completions", body, chat=False)
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+    async def chat_completions(self, body: ChatCompletionRequest):
+        return await self._lm_route("/v1/chat/completions", body, chat=True)
+
+    async def _lm_route(self, route: str, body: Any, chat: bool):
+        prompt = None if chat else body.prompt
         if body.stream:
-            async with self._observe(route, body.model):  # errors before the stream starts
-                name, lm, gen = self._open_lm(body, body.prompt)
-            return self._stream(route, name, lm, gen, body, chat=False)
-        async with self._observe(route, body.model):
-            name, lm, gen = self._open_lm(body, body.prompt)
-            await lm.complete(gen)
+            async with self._observe(route, opens=True) as rec:  # errors before it starts
+                name, lm, gen = self._open_lm(body, rec, prompt)
+            return self._stream(rec, name, lm, gen, body, chat=chat)
+        async with self._observe(route) as rec:
+            name, lm, gen = self._open_lm(body, rec, prompt)
+            try:
+                await lm.complete(gen)
+            finally:
+                _record_lm(rec, gen)
+        if chat:
+            return ChatCompletionResponse(
+                id=rec["id"],
+                created=int(rec["time"]),
+                model=name,
+                choices=[{"message": {"content": gen.text}, "finish_reason": gen.finish_reason}],
+                usage=_usage(gen),
+            )
         return CompletionResponse(
-            id=f"cmpl-{uuid.uuid4().hex[:24]}",
-            created=int(time.time()),
+            id=rec["id"],
+            created=int(rec["time"]),
             model=name,
             choices=[{"text": gen.text, "finish_reason": gen.finish_reason}],
             usage=_usage(gen),
         )
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
-    async def chat_completions(self, body: ChatCompletionRequest):
-        route = "/v1/chat/completions"
-        if body.stream:
-            async with self._observe(route, body.model):
-                name, lm, gen = self._open_lm(body)
-            return self._stream(route, name, lm, gen, body, chat=True)
-        async with self._observe(route, body.model):
-            name, lm, gen = self._open_lm(body)
-            await lm.complete(gen)
-        return ChatCompletionResponse(
-            id=f"chatcmpl-{uuid.uuid4().hex[:24]}",
-            created=int(time.time()),
-            model=name,
-            choices=[{"message": {"content": gen.text}, "finish_reason": gen.finish_reason}],
-            usage=_usage(gen),
-        )
+    @app.post("/v1/feedback", response_model=FeedbackResponse)
+    async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
+        """A score for a logged request (joined to it by ``genai generations``)."""
+        if self.genlog is None:
+            raise APIError(
+                409, "the generation log is off on this deployment: feedback is not kept", "id"
+            )
+        self.genlog.score(body.id, body.score, body.comment, keys.current_key.get())
+        return FeedbackResponse(id=body.id, score=body.score, comment=body.comment)
 
     # ------------------------------------------------------------------ image routes
 
     @app.post("/v1/images/generations", response_model=ImagesResponse)
     async def image_generations(self, body: ImageGenerationRequest) -> ImagesResponse:
-        async with self._observe("/v1/images/generations", body.model):
-            name, model = self._route(body.model, ("gan", "vae"))
+        async with self._observe("/v1/images/generations") as rec:
+            name, model = self._route(body.model, ("gan", "vae"), rec)
+            rec["prompt"] = body.prompt
+            rec["params"] = {"n": body.n, "seed": body.seed, "size": body.size}
             card = self.cards[name]
             side = card["image_size"]
             if body.size is not None and body.size != f"{side}x{side}":
@@ -440,25 +531,29 @@ class Gateway:
                 )
             label = _class_from_prompt(body.prompt, card) if card["conditional"] else None
             images = await model.generate({"n": body.n, "seed": body.seed, "label": label})
-        return ImagesResponse(created=int(time.time()), data=[{"b64_json": b} for b in images])
+            _record_images(rec, images)
+        return _images_response(rec, images)
 
     @app.post("/v1/vae/reconstruct", response_model=ImagesResponse)
     async def vae_reconstruct(self, body: ReconstructRequest) -> ImagesResponse:
-        async with self._observe("/v1/vae/reconstruct", body.model):
-            name, model = self._route(body.model, ("vae",))
+        async with self._observe("/v1/vae/reconstruct") as rec:
+            name, model = self._route(body.model, ("vae",), rec)
             card = self.cards[name]
             arrays = [_decode(b, card, f"images[{i}]") for i, b in enumerate(body.images)]
             images = await model.reconstruct(arrays)
-        return ImagesResponse(created=int(time.time()), data=[{"b64_json": b} for b in images])
+            _record_images(rec, images)
+        return _images_response(rec, images)
 
     @app.post("/v1/vae/interpolate", response_model=ImagesResponse)
     async def vae_interpolate(self, body: InterpolateRequest) -> ImagesResponse:
-        async with self._observe("/v1/vae/interpolate", body.model):
-            name, model = self._route(body.model, ("vae",))
+        async with self._observe("/v1/vae/interpolate") as rec:
+            name, model = self._route(body.model, ("vae",), rec)
+            rec["params"] = {"steps": body.steps}
             card = self.cards[name]
             a, b = _decode(body.image_a, card, "image_a"), _decode(body.image_b, card, "image_b")
             images = await model.interpolate(a, b, body.steps)
-        return ImagesResponse(created=int(time.time()), data=[{"b64_json": b} for b in images])
+            _record_images(rec, images)
+        return _images_response(rec, images)
 
 
 # Serve settings that cut per-request overhead (FACTS.md: up to 257 against 185 req/s at
@@ -467,11 +562,16 @@ class Gateway:
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
-def build_app(spec: ServeSpec, checkpoints: list[str | Path]):
+def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str | None = None):
     """One gateway deployment (FastAPI ingress) holding every checkpoint, each named by its
     meta.json ``name``; autoscaled by ``spec.autoscaling``. API keys are read here, where the
     application is built (``spec.api_keys_env`` / ``spec.api_keys_file``), so every way of
-    starting it enforces them; replicas get only the keys' digests."""
+    starting it enforces them; replicas get only the keys' digests.
+
+    The checkpoints travel in the deployment's ``user_config`` (as given, made absolute, so
+    a ``latest`` link is re-resolved when watched): changing only them is an in-place
+    update. With ``spec.watch``, replicas poll them, and ``config_file`` (the serve config
+    they came from) for an edited list (:mod:`genai.serve.registry`)."""
     if not checkpoints:
         raise ValueError("no checkpoints to serve")
     names: dict[str, str] = {}
@@ -481,7 +581,7 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path]):
         get_family(meta.family)  # an unknown family fails here, not in the replica
         if meta.name in names:
             raise ValueError(f"two checkpoints are named {meta.name!r}; model ids must be unique")
-        names[meta.name] = str(directory)
+        names[meta.name] = str(Path(path).expanduser().absolute())
     a = spec.autoscaling
     options = {
         "ray_actor_options": {
@@ -490,6 +590,7 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path]):
             "runtime_env": {"env_vars": REPLICA_ENV},
         },
         "max_ongoing_requests": spec.max_ongoing_requests,
+        "user_config": {"checkpoints": list(names.values())},
         "autoscaling_config": {
             "min_replicas": a.min_replicas,
             "initial_replicas": max(1, a.min_replicas),
@@ -501,8 +602,16 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path]):
         },
     }
     configured = keys.load_keys(spec.api_keys_env, spec.api_keys_file, spec.requests_per_minute)
-    settings = {"spec": spec.model_dump(mode="json"), "keys": keys.to_settings(configured)}
-    return Gateway.options(name="genai", **options).bind(list(names.values()), settings)
+    dumped = spec.model_dump(mode="json", exclude={"checkpoints"})
+    # relative to where the application is built, like the checkpoints
+    dumped["generation_log"]["dir"] = str(Path(spec.generation_log.dir).expanduser().absolute())
+    settings = {
+        "spec": dumped,
+        "keys": keys.to_settings(configured),
+        "config_file": str(Path(config_file).absolute()) if config_file else None,
+        "base": os.getcwd(),  # relative paths in config_file are relative to here
+    }
+    return Gateway.options(name="genai", **options).bind(settings)
 
 
 class AppArgs(ServeSpec):
@@ -529,7 +638,8 @@ def app_builder(args: AppArgs):
     spec = ServeSpec.model_validate(_merge(base, overrides))
     if not spec.checkpoints:
         raise ValueError("app_builder: args.checkpoints is empty (or set it in args.config)")
-    return build_app(spec, spec.checkpoints)
+    listed_in_config = args.config is not None and "checkpoints" not in overrides
+    return build_app(spec, spec.checkpoints, args.config if listed_in_config else None)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

@@ -63,3 +63,39 @@ def decode_batch_size() -> metrics.Histogram:
         boundaries=[1, 2, 4, 8, 16, 24, 32, 48, 64, 128],
         tag_keys=("model",),
     )
+
+
+@cache
+def model_step() -> metrics.Gauge:
+    return metrics.Gauge(
+        "genai_model_step",
+        description="training step of the checkpoint each model is served from",
+        tag_keys=("model",),
+    )
+
+
+@cache
+def checkpoint_swaps_total() -> metrics.Counter:
+    return metrics.Counter(
+        "genai_checkpoint_swaps_total",
+        description="hot swaps of a served checkpoint: swapped, or refused (the old one serves on)",
+        tag_keys=("model", "result"),
+    )
+
+
+@cache
+def decode_active() -> metrics.Gauge:
+    return metrics.Gauge(
+        "genai_decode_active",
+        description="LM sequences in the decode batch now",
+        tag_keys=("model",),
+    )
+
+
+@cache
+def decode_queued() -> metrics.Gauge:
+    return metrics.Gauge(
+        "genai_decode_queued",
+        description="LM requests waiting for a batch row (queue depth)",
+        tag_keys=("model",),
+    )

@@ -15,9 +15,9 @@ from genai.serve.app import build_app
 APP_NAME = "genai"
 
 
-def start(spec: ServeSpec, checkpoints: list[str | Path]) -> str:
+def start(spec: ServeSpec, checkpoints: list[str | Path], config_file: str | None = None) -> str:
     """Deploy on the connected Ray; returns the base URL once every replica is up."""
-    application = build_app(spec, checkpoints)
+    application = build_app(spec, checkpoints, config_file)
     serve.start(http_options={"host": spec.host, "port": spec.port})
     serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
     host = "127.0.0.1" if spec.host in ("0.0.0.0", "::") else spec.host
@@ -25,7 +25,11 @@ def start(spec: ServeSpec, checkpoints: list[str | Path]) -> str:
 
 
 def serve_forever(
-    spec: ServeSpec, checkpoints: list[str | Path], address: str | None = None, log=print
+    spec: ServeSpec,
+    checkpoints: list[str | Path],
+    address: str | None = None,
+    log=print,
+    config_file: str | None = None,
 ) -> None:
     stop = threading.Event()
     with cluster.connect(address):
@@ -34,10 +38,12 @@ def serve_forever(
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         try:
-            url = start(spec, checkpoints)
+            url = start(spec, checkpoints, config_file)
             log(
                 f"serving at {url}  (POST /v1/completions, GET /v1/models, GET /healthz; Ctrl-C to stop)"
             )
+            if spec.watch:
+                log(f"watching the checkpoints every {spec.watch_interval_s:g} s for a new one")
             while not stop.wait(0.5):
                 pass
             log("shutting down")

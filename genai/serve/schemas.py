@@ -178,5 +178,24 @@ class ImageDatum(BaseModel):
 
 
 class ImagesResponse(BaseModel):
+    id: str = Field(description="the generation log's id (for POST /v1/feedback)")
     created: int
     data: list[ImageDatum]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    id: str = Field(
+        pattern=r"^(cmpl|chatcmpl|img)-[0-9a-f]{24}$",
+        description="a response's id: cmpl-..., chatcmpl-... or img-...",
+    )
+    score: float = Field(ge=-1, le=1, description="-1 bad ... 1 good; fractions for graded scores")
+    comment: str | None = Field(None, max_length=4000)
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    object: Literal["feedback"] = "feedback"
+    score: float
+    comment: str | None = None

@@ -25,6 +25,7 @@ from genai import __version__
 from genai import checkpoint as ckpt
 from genai.config import JobSpec
 from genai.pictures import save_curves
+from genai.train import metrics as train_metrics
 from genai.train.engine import resolve_precision
 from genai.train.tasks import make_task
 
@@ -179,6 +180,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 metrics.update(evaluation)
                 history.append({"step": done, **evaluation})
             curves.append({"step": done, **out, **evaluation})
+            if rank == 0:
+                train_metrics.export(
+                    spec.name,
+                    spec.model.family,
+                    done,
+                    task.lr,
+                    task.unit,
+                    metrics[rate_key],
+                    out,
+                    evaluation,
+                )
             say(
                 f"step {done}/{t.max_steps} {_fmt(out)}"
                 + (f" | {_fmt(evaluation)}" if evaluate else "")

@@ -107,7 +107,8 @@ class LMServer:
             max_batch_size=spec.lm.max_batch_size,
             max_batch_tokens=spec.lm.max_batch_tokens,
             lean=spec.lm.lean_forward,
-            on_step=lambda n, _s: metrics.decode_batch_size().observe(n, tags={"model": name}),
+            on_step=self._on_step,
+            on_idle=self._on_idle,
         )
         self.decoder.start(name=f"decoder-{name}")
 
@@ -122,8 +123,24 @@ class LMServer:
             "created": int(self.lm.path.stat().st_mtime),
         }
 
+    def _on_step(self, n: int, _seconds: float) -> None:  # decoder thread
+        tags = {"model": self.lm.name}
+        metrics.decode_batch_size().observe(n, tags=tags)
+        metrics.decode_active().set(n, tags=tags)
+        metrics.decode_queued().set(self.decoder.stats()["queued"], tags=tags)
+
+    def _on_idle(self) -> None:
+        tags = {"model": self.lm.name}
+        metrics.decode_active().set(0, tags=tags)
+        metrics.decode_queued().set(0, tags=tags)
+
     def health(self) -> dict[str, int]:
         return self.decoder.stats()
+
+    @property
+    def busy(self) -> bool:
+        """Sequences decoding or waiting (a swapped-out model is closed only when idle)."""
+        return self.decoder.busy
 
     # ----------------------------------------------------------------- requests
 

@@ -1,0 +1,262 @@
+"""The models one gateway replica serves, and how a new checkpoint replaces one in place.
+
+A *source* is a checkpoint path as configured: a step dir, a ``latest`` link or a
+checkpoints root. Each served model remembers its source and the directory it resolved to.
+A new checkpoint arrives two ways:
+
+- **watching** (``watch: true``): a thread re-resolves every source each
+  ``watch_interval_s``; a ``latest`` link moved by training is picked up. With a serve
+  config file, a changed ``checkpoints`` list in it is picked up too;
+- **reconfiguring**: Serve's ``user_config`` holds the sources, so ``serve deploy`` of a
+  config whose ``user_config.checkpoints`` changed updates the replicas in place
+  (``reconfigure``) instead of replacing them.
+
+Either way the new checkpoint loads beside the old one (requests keep being served), is
+checked to be the same model (name and family), and replaces it in one assignment.
+Requests already running finish on the old model, which is closed once idle. A checkpoint
+that fails to load or check (corrupt safetensors, another family) is *refused*: logged,
+counted, shown on ``/healthz``, and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from genai.checkpoint import read_meta, resolve
+from genai.families import get_family
+from genai.serve import metrics
+
+log = logging.getLogger("ray.serve")
+
+# after a swap, requests that picked the old model a moment before still submit to it
+RETIRE_GRACE_S = 2.0
+RETIRE_MAX_WAIT_S = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Served:
+    source: str
+    directory: Path
+    family: str
+    spec_hash: str
+    server: Any
+    card: dict[str, Any]
+
+
+class Registry:
+    """Served models by name. ``servers`` and ``cards`` are replaced whole on every change,
+    so a request reads one consistent dict without a lock."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+        self.served: dict[str, Served] = {}
+        self.servers: dict[str, Any] = {}
+        self.cards: dict[str, dict[str, Any]] = {}
+        self.refused: dict[str, str] = {}  # directory -> why (not retried until it changes)
+        self.events: deque[dict[str, Any]] = deque(maxlen=20)
+        self._lock = threading.Lock()  # one change at a time: watcher vs reconfigure
+        self._stop = threading.Event()
+        self._config_file: Path | None = None
+        self._config_mtime = 0.0
+
+    # ------------------------------------------------------------------ loading
+
+    def load_all(self, sources: list[str]) -> None:
+        """The first load: every source must load, or the replica fails to start."""
+        with self._lock:
+            for source in sources:
+                directory = resolve(source)
+                meta = read_meta(directory)
+                if meta.name in self.served:
+                    raise ValueError(f"two checkpoints are named {meta.name!r}")
+                self._put(self._load(source, directory))
+
+    def _load(self, source: str, directory: Path) -> Served:
+        meta = read_meta(directory)
+        server = get_family(meta.family).load("server")(directory, meta, self.spec)
+        metrics.model_step().set(meta.step, tags={"model": meta.name})
+        return Served(source, directory, meta.family, meta.spec_hash, server, server.info())
+
+    def _put(self, served: Served) -> None:
+        name = served.card["id"]
+        self.served = {**self.served, name: served}
+        self._publish()
+
+    def _publish(self) -> None:
+        self.servers = {n: s.server for n, s in self.served.items()}
+        self.cards = {n: s.card for n, s in self.served.items()}
+
+    # ------------------------------------------------------------------ changes
+
+    def apply(self, sources: list[str]) -> None:
+        """A new list of sources (Serve's reconfigure, or an edited serve config): swap
+        changed models, add new ones, drop those no longer listed. When any source cannot
+        be read, nothing is dropped: it may have been the new home of a served model."""
+        with self._lock:
+            listed: set[str] = set()
+            complete = True
+            for source in sources:
+                try:
+                    directory = resolve(source)
+                    name = read_meta(directory).name
+                except Exception as exc:
+                    complete = False
+                    self._refuse(source, "?", exc)
+                    continue
+                listed.add(name)
+                current = self.served.get(name)
+                if current is None:
+                    try:
+                        self._put(self._load(source, directory))
+                        self._event("added", name, directory)
+                    except Exception as exc:
+                        complete = False
+                        self._refuse(str(directory), name, exc)
+                elif current.directory != directory:
+                    self._swap(current, source, directory)
+                elif current.source != source:
+                    self._put(
+                        Served(source, directory, current.family, current.server, current.card)
+                    )
+            if complete:
+                for name in sorted(set(self.served) - listed):
+                    old = self.served[name]
+                    self.served = {n: s for n, s in self.served.items() if n != name}
+                    self._publish()
+                    self._event("removed", name, old.directory)
+                    self._retire(old)
+
+    def poll(self) -> None:
+        """One watch pass: a source that now resolves elsewhere is swapped in; an edited
+        serve config file is re-applied."""
+        if self._config_file is not None:
+            try:
+                mtime = self._config_file.stat().st_mtime
+            except OSError:
+                mtime = self._config_mtime
+            if mtime != self._config_mtime:
+                self._config_mtime = mtime
+                try:
+                    from genai.config import load_serve
+
+                    listed = load_serve(self._config_file).checkpoints
+                    base = self._config_base
+                    self.apply([str(base / p) if not os.path.isabs(p) else p for p in listed])
+                except Exception as exc:
+                    self._refuse(str(self._config_file), "?", exc)
+        with self._lock:
+            for current in list(self.served.values()):
+                try:
+                    directory = resolve(current.source)
+                except Exception:
+                    continue  # e.g. a `latest` link being replaced this instant
+                if directory != current.directory and str(directory) not in self.refused:
+                    self._swap(current, current.source, directory)
+
+    def _swap(self, current: Served, source: str, directory: Path) -> bool:
+        name = current.card["id"]
+        t0 = time.perf_counter()
+        try:
+            meta = read_meta(directory)
+            if meta.name != name:
+                raise ValueError(f"it holds model {meta.name!r}, not {name!r}")
+            if meta.family != current.family:
+                raise ValueError(f"it holds a {meta.family} model; {name!r} is {current.family}")
+            new = self._load(source, directory)
+        except Exception as exc:
+            self._refuse(str(directory), name, exc)
+            return False
+        self._put(new)
+        seconds = round(time.perf_counter() - t0, 3)
+        self._event("swapped", name, directory, step=new.card["step"], load_s=seconds)
+        log.info(
+            "genai: %s now serves %s (step %s, loaded in %.2f s)",
+            name,
+            directory,
+            new.card["step"],
+            seconds,
+        )
+        self._retire(current)
+        return True
+
+    def _refuse(self, where: str, name: str, exc: BaseException) -> None:
+        why = f"{type(exc).__name__}: {exc}"[:500]
+        if self.refused.get(where) != why:
+            log.error(
+                "genai: refused checkpoint %s for model %s, still serving the old one: %s",
+                where,
+                name,
+                why,
+            )
+        self.refused[where] = why
+        self._event("refused", name, where, error=why)
+        metrics.count(metrics.checkpoint_swaps_total(), 1, {"model": name, "result": "refused"})
+
+    def _event(self, what: str, name: str, where: Any, **extra: Any) -> None:
+        self.events.append(
+            {
+                "time": round(time.time(), 3),
+                "event": what,
+                "model": name,
+                "checkpoint": str(where),
+                **extra,
+            }
+        )
+        if what == "swapped":
+            metrics.count(metrics.checkpoint_swaps_total(), 1, {"model": name, "result": what})
+
+    def _retire(self, old: Served) -> None:
+        """Close the old model once the requests that hold it are done (its own thread)."""
+
+        def wait_and_close() -> None:
+            time.sleep(RETIRE_GRACE_S)
+            deadline = time.monotonic() + RETIRE_MAX_WAIT_S
+            while getattr(old.server, "busy", False) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            old.server.close()
+
+        threading.Thread(
+            target=wait_and_close, name=f"retire-{old.card['id']}", daemon=True
+        ).start()
+
+    # ------------------------------------------------------------------ watching
+
+    def watch(
+        self, interval_s: float, config_file: str | None = None, base: str | None = None
+    ) -> None:
+        """Poll every ``interval_s`` in a daemon thread until :meth:`close`."""
+        if config_file:
+            self._config_file = Path(config_file)
+            self._config_base = Path(base or os.getcwd())
+            self._config_mtime = self._config_file.stat().st_mtime
+
+        def loop() -> None:
+            while not self._stop.wait(interval_s):
+                try:
+                    self.poll()
+                except Exception:  # a watcher that dies silently would be worse
+                    log.exception("genai: checkpoint watch pass failed")
+
+        threading.Thread(target=loop, name="checkpoint-watch", daemon=True).start()
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "checkpoints": {
+                n: {"step": s.card["step"], "directory": str(s.directory), "source": s.source}
+                for n, s in self.served.items()
+            },
+            "refused": dict(self.refused),
+            "events": list(self.events),
+        }
+
+    def close(self) -> None:
+        self._stop.set()
+        for s in self.served.values():
+            s.server.close()
