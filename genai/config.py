@@ -242,6 +242,16 @@ class GenerationLogSpec(Section):
     rotate_mb: float = Field(64.0, gt=0, description="close a file once it is this large")
 
 
+class GatewaySpec(Section):
+    """The ingress deployment in front of the model replicas."""
+
+    num_cpus: float = Field(0.1, gt=0, description="CPUs per gateway replica")
+    max_ongoing_requests: int = Field(256, ge=1, description="requests one gateway replica holds")
+    retries: int = Field(
+        5, ge=0, le=10, description="retries of a model call whose replica died before answering"
+    )
+
+
 class ServeSpec(Section):
     host: str = Field("127.0.0.1", description="bind address of the HTTP proxy")
     port: int = Field(8000, ge=1, le=65535)
@@ -285,6 +295,7 @@ class ServeSpec(Section):
     )
     watch_interval_s: float = Field(2.0, gt=0, description="seconds between watch passes")
     generation_log: GenerationLogSpec = Field(default_factory=GenerationLogSpec)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
 
 
 # --------------------------------------------------------------------------- loading

@@ -20,7 +20,7 @@ def _running(app: str = APP) -> int:
     status = serve.status().applications.get(app)
     if status is None:
         return 0
-    dep = status.deployments["genai"]
+    dep = status.deployments["models"]
     return dep.replica_states.get("RUNNING", 0)
 
 

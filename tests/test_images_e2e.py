@@ -388,13 +388,18 @@ FUZZ_CASES = 1000
 
 def test_fuzzing_every_route_gives_no_5xx_and_no_replica_dies(all_served):
     """1,000 property-based cases from the app's OpenAPI schema: valid and invalid bodies
-    on every route. Every answer is < 500 and JSON, and the replicas that answered
-    /healthz before answer it after."""
+    on every route. Every answer is < 500 and JSON, and the gateway and model replicas
+    that answered /healthz before answer it after."""
     from hypothesis import HealthCheck, given, settings
 
     client = all_served
     openapi = client.get("/openapi.json").json()
-    before = {client.get("/healthz").json()["replica"] for _ in range(4)}
+
+    def replicas() -> set[tuple[str, str]]:
+        health = [client.get("/healthz").json() for _ in range(8)]
+        return {(h["gateway"], h["replica"]) for h in health}
+
+    before = replicas()
     statuses: dict[int, int] = {}
 
     @settings(
@@ -423,8 +428,8 @@ def test_fuzzing_every_route_gives_no_5xx_and_no_replica_dies(all_served):
     run()
     assert sum(statuses.values()) == FUZZ_CASES
     assert statuses.get(200, 0) > 0 and sum(v for s, v in statuses.items() if s >= 400) > 0
-    after = {client.get("/healthz").json()["replica"] for _ in range(8)}
-    assert before <= after, f"replicas changed: {before} -> {after}"
+    after = replicas()
+    assert before == after, f"replicas changed: {before} -> {after}"
     print(f"fuzz: {FUZZ_CASES} cases, statuses {dict(sorted(statuses.items()))}")
 
 

@@ -129,12 +129,14 @@ def test_prometheus_scrapes_training_and_serving_and_every_panel_has_data(
     raw = {
         **raw,
         "name": "prom-vae",
-        "train": {**raw["train"], "max_steps": 240, "log_every": 4, "eval_every": 80},
+        # each logged step is a ray.train.report (about a second each here): few of them
+        "train": {**raw["train"], "max_steps": 120, "log_every": 20, "eval_every": 60},
         "scaling": {"num_workers": 1},
         "checkpoint": {**raw["checkpoint"], "every_steps": 0},
     }
     vae = train(parse_job(raw))
     root = vae.parent
+    print(f"prom: trained in {time.time() - t_start:.1f} s")
 
     # 2. the gateway serves the LM and that VAE, watching for new checkpoints
     spec = ServeSpec.model_validate(
@@ -142,6 +144,7 @@ def test_prometheus_scrapes_training_and_serving_and_every_panel_has_data(
     )
     serve.run(build_app(spec, [zero3_checkpoint, root / "latest"]), name=APP, route_prefix=PREFIX)
     url = f"{serve_url}{PREFIX}"
+    print(f"prom: serving at {time.time() - t_start:.1f} s")
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
             # scrape-to-query latency: one request, then poll PromQL until it is counted

@@ -1,17 +1,20 @@
-"""The Serve application: a FastAPI gateway routing by ``model`` to one deployment per checkpoint.
+"""The Serve application: a FastAPI gateway in front of the model deployment.
+
+The gateway (this file) authenticates, validates, counts, logs and formats; the model
+replicas (:mod:`genai.serve.models`) hold the checkpoints and do the work. The gateway
+calls them through a Serve handle and retries a call whose replica died before it
+produced anything, so a lost replica costs no request.
 
 Errors are JSON in OpenAI's shape, ``{"error": {"message", "type", "param"}}``,
-name the field, never echo the request body, and never reach a model replica:
-bad input is rejected at the gateway.
+name the field and never echo the request body; malformed input never reaches a model
+replica.
 """
 
 # No `from __future__ import annotations` here: Serve wraps the ingress methods, and
 # FastAPI then cannot resolve string annotations (the body became a query parameter).
 import asyncio
 import base64
-import binascii
 import contextlib
-import io
 import json
 import os
 import time
@@ -20,21 +23,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genai.checkpoint import read_meta, resolve
 from genai.config import ServeSpec
 from genai.families import get_family
-from genai.families.lm.serving import NoChatTemplate, PromptTooLong
-from genai.models.decoding import Generation
 
 # modules, not their names: this file's classes are pickled by value (a ContextVar cannot be)
-from genai.serve import genlog, keys, metrics, registry
+from genai.serve import genlog, keys, metrics
+from genai.serve.errors import APIError
+from genai.serve.models import Models
 from genai.serve.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -54,18 +58,6 @@ app = FastAPI(
     title="genai",
     description="Completions, chat and images from genai checkpoints (OpenAI-style API)",
 )
-
-
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        kind: str = "invalid_request_error",
-    ):
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
 def _error(
@@ -182,49 +174,6 @@ app.add_middleware(LimitsAndAuth)
 
 # Helpers live above the Gateway: Serve pickles the decorated class by value when it is
 # defined, and a global defined after it would be missing in the replica.
-def _class_from_prompt(prompt: str, card: dict[str, Any]) -> int | None:
-    """'7' or a class name -> label; empty -> None (random classes)."""
-    names: list[str] = card["class_names"]
-    text = prompt.strip()
-    if not text:
-        return None
-    lowered = [n.lower() for n in names]
-    if text.lower() in lowered:
-        return lowered.index(text.lower())
-    if text.isdigit() and int(text) < len(names):
-        return int(text)
-    shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
-    raise APIError(
-        422,
-        f"prompt must name a class of model {card['id']!r} ({shown}); got {text[:40]!r}",
-        "prompt",
-    )
-
-
-def _decode(b64: str, card: dict[str, Any], field: str) -> np.ndarray:
-    """A base64 PNG/JPEG of exactly the model's size -> (C, S, S) float32 in 0..255."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        blob = base64.b64decode(b64, validate=True)
-        with Image.open(io.BytesIO(blob)) as img:
-            size = img.size
-            img = img.convert("L" if card["channels"] == 1 else "RGB")
-            arr = np.asarray(img, dtype=np.float32)
-    except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
-        raise APIError(
-            422, f"{field} is not a base64-encoded PNG or JPEG image", field.split("[")[0]
-        ) from None
-    side = card["image_size"]
-    if size != (side, side):
-        raise APIError(
-            422,
-            f"{field} is {size[0]}x{size[1]}; model {card['id']!r} takes {side}x{side}",
-            field.split("[")[0],
-        )
-    return arr[None] if card["channels"] == 1 else arr.transpose(2, 0, 1)
-
-
 def _sse(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
@@ -238,113 +187,85 @@ ID_PREFIX = {
 }
 
 
-def _record_lm(rec: dict[str, Any], gen: Generation) -> None:
-    rec.update(
-        output=gen.text,
-        finish_reason=gen.finish_reason,
-        prompt_tokens=len(gen.prompt_ids),
-        completion_tokens=len(gen.tokens),
-    )
-
-
-def _record_images(rec: dict[str, Any], images: list[str]) -> None:
-    rec["pngs"] = [base64.b64decode(b) for b in images]
-
-
-def _images_response(rec: dict[str, Any], images: list[str]) -> ImagesResponse:
-    return ImagesResponse(
-        id=rec["id"], created=int(rec["time"]), data=[{"b64_json": b} for b in images]
-    )
-
-
-def _usage(gen: Generation) -> dict[str, int]:
-    prompt, completion = len(gen.prompt_ids), len(gen.tokens)
+def _usage(out: dict[str, Any]) -> dict[str, int]:
     return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
+        "prompt_tokens": out["prompt_tokens"],
+        "completion_tokens": out["completion_tokens"],
+        "total_tokens": out["prompt_tokens"] + out["completion_tokens"],
     }
+
+
+def _lm_body(body: Any) -> dict[str, Any]:
+    """The validated request as the model replica takes it."""
+    req = body.model_dump()
+    if isinstance(body, ChatCompletionRequest):
+        explicit = "max_tokens" in body.model_fields_set or body.max_completion_tokens is not None
+        req["max_tokens_default"] = not explicit
+    return req
+
+
+def _refused(out: Any) -> Any:
+    """A model replica's answer; its ``{"error": ...}`` for a bad request is raised here."""
+    if isinstance(out, dict) and "error" in out:
+        e = out["error"]
+        raise APIError(e["status"], e["message"], e["param"], e["kind"])
+    return out
 
 
 @serve.deployment
 @serve.ingress(app)
 class Gateway:
-    """The HTTP ingress, holding every served model in its own process.
+    """The HTTP ingress: keys and limits, validation, metrics, the generation log, and
+    retries of model calls whose replica died before answering."""
 
-    Models live in the gateway's replica rather than behind their own deployments:
-    each Serve hop costs about 4 ms of CPU per request on 2 cores (FACTS.md), and an
-    LM replica batches its concurrent requests itself (genai/models/decoding.py).
-    The whole application scales out by replicas of this one deployment.
-    """
-
-    def __init__(self, settings: dict[str, Any]) -> None:
+    def __init__(self, models: DeploymentHandle, settings: dict[str, Any]) -> None:
         spec = ServeSpec.model_validate(settings["spec"])
-        # models load in reconfigure(): Serve calls it with the user_config right after
-        # __init__, and again when only the user_config changed (no replica restart)
-        self.registry = registry.Registry(spec)
-        self.max_tokens_limit = spec.max_tokens_limit
-        self.watch = (spec.watch_interval_s, settings.get("config_file"), settings.get("base"))
-        self.watching = spec.watch
+        self.models = models
+        self.retries = spec.gateway.retries
         app.state.max_body_bytes = spec.max_body_bytes
         app.state.keys = keys.KeyRing(settings["keys"])
         replica = serve.get_replica_context().replica_id.unique_id
+        self.replica = replica
         log_spec = spec.generation_log
         self.genlog = None if log_spec.mode == "off" else genlog.GenerationLog(log_spec, replica)
 
-    async def reconfigure(self, config: dict[str, Any]) -> None:
-        sources = [str(s) for s in config["checkpoints"]]
-        if not self.registry.served:
-            await asyncio.to_thread(self.registry.load_all, sources)
-            if self.watching:
-                self.registry.watch(*self.watch)
-        else:
-            await asyncio.to_thread(self.registry.apply, sources)
-
-    @property
-    def models(self) -> dict[str, Any]:
-        return self.registry.servers
-
-    @property
-    def cards(self) -> dict[str, dict[str, Any]]:
-        return self.registry.cards
-
     def __del__(self) -> None:
-        if hasattr(self, "registry"):
-            self.registry.close()
         if getattr(self, "genlog", None) is not None:
             self.genlog.close()  # completes the open Parquet file
 
-    def _route(
-        self, model: str | None, families: tuple[str, ...], rec: dict[str, Any]
-    ) -> tuple[str, Any]:
-        """The served model a request names (or the only one of the right family); the
-        record gets the checkpoint it is served from (one snapshot: a swap may follow)."""
-        served = self.registry.served
-        if model is None:
-            fitting = [n for n in sorted(served) if served[n].family in families]
-            if len(fitting) != 1:
-                raise APIError(
-                    422,
-                    f"model is required: {len(fitting)} {'/'.join(families)} models are served",
-                    "model",
-                )
-            model = fitting[0]
-        if model not in served:
+    async def _backoff(self, attempt: int, what: str, exc: BaseException) -> None:
+        """After a model replica died under a call: wait, or give up with a 503."""
+        if attempt >= self.retries:
             raise APIError(
-                404,
-                f"model {model!r} is not served; GET /v1/models lists them",
-                "model",
-                "not_found",
-            )
-        s = served[model]
-        rec.update(model=model, step=s.card["step"], spec_hash=s.spec_hash)
-        if s.family not in families:
-            raise APIError(
-                400,
-                f"model {model!r} is a {s.family} model; this route takes {'/'.join(families)}",
-                "model",
-            )
-        return model, s.server
+                503,
+                f"no model replica could answer ({attempt + 1} tries; last: {type(exc).__name__})",
+                None,
+                "server_error",
+            ) from None
+        metrics.count(metrics.retries_total(), 1, {"call": what})
+        await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        """A model-replica call; one whose replica died (no output yet) is retried on
+        another, with backoff, up to ``gateway.retries`` times."""
+        for attempt in range(self.retries + 1):
+            try:
+                return _refused(await getattr(self.models, method).remote(*args))
+            except RayActorError as exc:
+                await self._backoff(attempt, method, exc)
+        raise AssertionError("unreachable")
+
+    async def _open_stream(self, body: dict[str, Any], chat: bool, key: str) -> tuple[Any, dict]:
+        """A model-replica stream, opened: its first event has arrived (bad requests fail
+        here, before any byte is sent). A replica that died before it is retried."""
+        for attempt in range(self.retries + 1):
+            gen = self.models.options(stream=True).stream.remote(body, chat, key)
+            try:
+                first = _refused(await gen.__anext__())
+                return gen, first["opened"]
+            except RayActorError as exc:
+                await self._backoff(attempt, "stream", exc)
+        raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
     async def _observe(self, route: str, rec: dict[str, Any] | None = None, opens: bool = False):
@@ -369,7 +290,7 @@ class Gateway:
             raise
         finally:
             if not (opens and status == 200):
-                self._finish(rec, status)
+                self._finish(rec, rec.pop("failed", status))
 
     def _finish(self, rec: dict[str, Any], status: int) -> None:
         rec["status"], rec["latency_s"] = status, time.perf_counter() - rec["t0"]
@@ -383,60 +304,56 @@ class Gateway:
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        ctx = serve.get_replica_context()
-        return {
-            "status": "ok",
-            "models": sorted(self.models),
-            "replica": ctx.replica_id.unique_id,
-            # per LM: sequences decoding and waiting now, and counters since start
-            "decoding": {n: m.health() for n, m in self.models.items() if hasattr(m, "health")},
-            # what each model is served from, and recent swaps and refused checkpoints
-            **self.registry.health(),
-        }
+        """The gateway's replica, and one model replica's view (models, decoders, swaps)."""
+        return {"status": "ok", "gateway": self.replica, **(await self._call("health"))}
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:
-        return ModelList(data=[ModelCard(**self.cards[n]) for n in sorted(self.models)])
+        return ModelList(data=[ModelCard(**c) for c in await self._call("cards")])
 
     # ------------------------------------------------------------------ LM routes
 
-    def _open_lm(
-        self, body: Any, rec: dict[str, Any], prompt: str | None = None
-    ) -> tuple[str, Any, Generation]:
-        name, lm = self._route(body.model, ("lm",), rec)
-        req = body.model_dump()
-        if isinstance(body, ChatCompletionRequest):
-            if body.max_completion_tokens is not None:
-                req["max_tokens"] = body.max_completion_tokens
-            try:
-                prompt = lm.chat_prompt([m.model_dump() for m in body.messages])
-            except NoChatTemplate as exc:
-                raise APIError(400, str(exc), "model") from None
-            if "max_tokens" not in body.model_fields_set and body.max_completion_tokens is None:
-                # OpenAI's chat default: as long as the context (and the server) allow
-                used = len(lm.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-                req["max_tokens"] = max(1, min(self.max_tokens_limit, lm.context - used))
-        if req["max_tokens"] > self.max_tokens_limit:
-            raise APIError(
-                422,
-                f"max_tokens must be <= {self.max_tokens_limit}, got {req['max_tokens']}",
-                "max_tokens",
-            )
-        rec["prompt"] = prompt
-        rec["params"] = {k: v for k, v in req.items() if k not in ("prompt", "messages", "model")}
-        try:
-            return name, lm, lm.open(req, prompt, stream=body.stream)
-        except PromptTooLong as exc:
-            raise APIError(400, str(exc), "max_tokens") from None
+    @app.post("/v1/completions", response_model=CompletionResponse)
+    async def completions(self, body: CompletionRequest):
+        return await self._lm_route("/v1/completions", body, chat=False)
 
-    def _stream(
-        self, rec: dict[str, Any], name: str, lm: Any, gen: Generation, body: Any, chat: bool
-    ) -> StreamingResponse:
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
+    async def chat_completions(self, body: ChatCompletionRequest):
+        return await self._lm_route("/v1/chat/completions", body, chat=True)
+
+    async def _lm_route(self, route: str, body: Any, chat: bool):
+        if body.stream:
+            async with self._observe(route, opens=True) as rec:  # errors before it starts
+                gen, opened = await self._open_stream(_lm_body(body), chat, rec["key"])
+                rec.update(opened)
+            return self._stream(rec, gen, body, chat)
+        async with self._observe(route) as rec:
+            out = await self._call("complete", _lm_body(body), chat, rec["key"])
+            rec.update(out, output=out["text"])
+        if chat:
+            return ChatCompletionResponse(
+                id=rec["id"],
+                created=int(rec["time"]),
+                model=out["model"],
+                choices=[
+                    {"message": {"content": out["text"]}, "finish_reason": out["finish_reason"]}
+                ],
+                usage=_usage(out),
+            )
+        return CompletionResponse(
+            id=rec["id"],
+            created=int(rec["time"]),
+            model=out["model"],
+            choices=[{"text": out["text"], "finish_reason": out["finish_reason"]}],
+            usage=_usage(out),
+        )
+
+    def _stream(self, rec: dict[str, Any], gen: Any, body: Any, chat: bool) -> StreamingResponse:
         head = {
             "id": rec["id"],
             "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": name,
+            "created": int(rec["time"]),
+            "model": rec["model"],
         }
 
         def chunk(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
@@ -450,59 +367,39 @@ class Gateway:
             return {**head, "choices": [choice]}
 
         async def events() -> AsyncIterator[str]:
-            async with self._observe(rec["route"], rec):
-                if chat:
-                    yield _sse(chunk(None, None, role=True))
-                try:
-                    async for ev in lm.stream(gen):
-                        yield _sse(chunk(ev.delta, ev.finish_reason))
-                except Exception as exc:  # headers are sent: the error travels as an event
-                    yield _sse({"error": {"message": str(exc), "type": "server_error"}})
-                    raise
-                finally:
-                    _record_lm(rec, gen)
-                if body.stream_options is not None and body.stream_options.include_usage:
-                    yield _sse({**head, "choices": [], "usage": _usage(gen)})
-                yield _sse("[DONE]")
+            sent: list[str] = []
+            try:
+                async with self._observe(rec["route"], rec):
+                    if chat:
+                        yield _sse(chunk(None, None, role=True))
+                    try:
+                        async for ev in gen:
+                            if "done" in ev:
+                                rec.update(ev["done"], output=ev["done"]["text"])
+                                break
+                            sent.append(ev["delta"])
+                            yield _sse(chunk(ev["delta"], ev["finish_reason"]))
+                    except Exception as exc:
+                        # headers and tokens are sent: the stream ends with an error event
+                        # and [DONE], never a hang or a cut connection
+                        rec.update(failed=500, error=f"{type(exc).__name__}: {exc}"[:500])
+                        rec["output"] = "".join(sent)
+                        message = (
+                            "the model replica serving this stream died"
+                            if isinstance(exc, RayActorError)
+                            else str(exc)
+                        )
+                        yield _sse({"error": {"message": message, "type": "server_error"}})
+                        yield _sse("[DONE]")
+                        return
+                    if body.stream_options is not None and body.stream_options.include_usage:
+                        yield _sse({**head, "choices": [], "usage": _usage(rec)})
+                    yield _sse("[DONE]")
+            finally:
+                gen.cancel()  # a client that left: the replica frees the sequence's slot
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-        )
-
-    @app.post("/v1/completions", response_model=CompletionResponse)
-    async def completions(self, body: CompletionRequest):
-        return await self._lm_route("/v1/completions", body, chat=False)
-
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
-    async def chat_completions(self, body: ChatCompletionRequest):
-        return await self._lm_route("/v1/chat/completions", body, chat=True)
-
-    async def _lm_route(self, route: str, body: Any, chat: bool):
-        prompt = None if chat else body.prompt
-        if body.stream:
-            async with self._observe(route, opens=True) as rec:  # errors before it starts
-                name, lm, gen = self._open_lm(body, rec, prompt)
-            return self._stream(rec, name, lm, gen, body, chat=chat)
-        async with self._observe(route) as rec:
-            name, lm, gen = self._open_lm(body, rec, prompt)
-            try:
-                await lm.complete(gen)
-            finally:
-                _record_lm(rec, gen)
-        if chat:
-            return ChatCompletionResponse(
-                id=rec["id"],
-                created=int(rec["time"]),
-                model=name,
-                choices=[{"message": {"content": gen.text}, "finish_reason": gen.finish_reason}],
-                usage=_usage(gen),
-            )
-        return CompletionResponse(
-            id=rec["id"],
-            created=int(rec["time"]),
-            model=name,
-            choices=[{"text": gen.text, "finish_reason": gen.finish_reason}],
-            usage=_usage(gen),
         )
 
     @app.post("/v1/feedback", response_model=FeedbackResponse)
@@ -517,43 +414,28 @@ class Gateway:
 
     # ------------------------------------------------------------------ image routes
 
+    async def _images(self, route: str, kind: str, body: Any, params: dict) -> ImagesResponse:
+        async with self._observe(route) as rec:
+            rec["params"] = params
+            out = await self._call("images", kind, body.model_dump(), rec["key"])
+            images = out.pop("images")
+            rec.update(out, pngs=[base64.b64decode(b) for b in images])
+        return ImagesResponse(
+            id=rec["id"], created=int(rec["time"]), data=[{"b64_json": b} for b in images]
+        )
+
     @app.post("/v1/images/generations", response_model=ImagesResponse)
     async def image_generations(self, body: ImageGenerationRequest) -> ImagesResponse:
-        async with self._observe("/v1/images/generations") as rec:
-            name, model = self._route(body.model, ("gan", "vae"), rec)
-            rec["prompt"] = body.prompt
-            rec["params"] = {"n": body.n, "seed": body.seed, "size": body.size}
-            card = self.cards[name]
-            side = card["image_size"]
-            if body.size is not None and body.size != f"{side}x{side}":
-                raise APIError(
-                    422, f"size must be {side}x{side} for model {name!r}, got {body.size!r}", "size"
-                )
-            label = _class_from_prompt(body.prompt, card) if card["conditional"] else None
-            images = await model.generate({"n": body.n, "seed": body.seed, "label": label})
-            _record_images(rec, images)
-        return _images_response(rec, images)
+        params = {"n": body.n, "seed": body.seed, "size": body.size, "prompt": body.prompt}
+        return await self._images("/v1/images/generations", "generations", body, params)
 
     @app.post("/v1/vae/reconstruct", response_model=ImagesResponse)
     async def vae_reconstruct(self, body: ReconstructRequest) -> ImagesResponse:
-        async with self._observe("/v1/vae/reconstruct") as rec:
-            name, model = self._route(body.model, ("vae",), rec)
-            card = self.cards[name]
-            arrays = [_decode(b, card, f"images[{i}]") for i, b in enumerate(body.images)]
-            images = await model.reconstruct(arrays)
-            _record_images(rec, images)
-        return _images_response(rec, images)
+        return await self._images("/v1/vae/reconstruct", "reconstruct", body, {})
 
     @app.post("/v1/vae/interpolate", response_model=ImagesResponse)
     async def vae_interpolate(self, body: InterpolateRequest) -> ImagesResponse:
-        async with self._observe("/v1/vae/interpolate") as rec:
-            name, model = self._route(body.model, ("vae",), rec)
-            rec["params"] = {"steps": body.steps}
-            card = self.cards[name]
-            a, b = _decode(body.image_a, card, "image_a"), _decode(body.image_b, card, "image_b")
-            images = await model.interpolate(a, b, body.steps)
-            _record_images(rec, images)
-        return _images_response(rec, images)
+        return await self._images("/v1/vae/interpolate", "interpolate", body, {"steps": body.steps})
 
 
 # Serve settings that cut per-request overhead (FACTS.md: up to 257 against 185 req/s at
@@ -563,15 +445,16 @@ REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
 def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str | None = None):
-    """One gateway deployment (FastAPI ingress) holding every checkpoint, each named by its
-    meta.json ``name``; autoscaled by ``spec.autoscaling``. API keys are read here, where the
-    application is built (``spec.api_keys_env`` / ``spec.api_keys_file``), so every way of
-    starting it enforces them; replicas get only the keys' digests.
+    """The application: the ``gateway`` deployment (FastAPI ingress) in front of the
+    ``models`` deployment, whose every replica holds every checkpoint, each named by its
+    meta.json ``name``. Both autoscale by ``spec.autoscaling``. API keys are read here,
+    where the application is built (``spec.api_keys_env`` / ``spec.api_keys_file``), so
+    every way of starting it enforces them; replicas get only the keys' digests.
 
-    The checkpoints travel in the deployment's ``user_config`` (as given, made absolute, so
-    a ``latest`` link is re-resolved when watched): changing only them is an in-place
-    update. With ``spec.watch``, replicas poll them, and ``config_file`` (the serve config
-    they came from) for an edited list (:mod:`genai.serve.registry`)."""
+    The checkpoints travel in the models deployment's ``user_config`` (as given, made
+    absolute, so a ``latest`` link is re-resolved when watched): changing only them is an
+    in-place update. With ``spec.watch``, model replicas poll them, and ``config_file``
+    (the serve config they came from) for an edited list (:mod:`genai.serve.registry`)."""
     if not checkpoints:
         raise ValueError("no checkpoints to serve")
     names: dict[str, str] = {}
@@ -583,35 +466,46 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str |
             raise ValueError(f"two checkpoints are named {meta.name!r}; model ids must be unique")
         names[meta.name] = str(Path(path).expanduser().absolute())
     a = spec.autoscaling
-    options = {
-        "ray_actor_options": {
-            "num_cpus": spec.num_cpus,
-            "num_gpus": spec.num_gpus,
-            "runtime_env": {"env_vars": REPLICA_ENV},
-        },
-        "max_ongoing_requests": spec.max_ongoing_requests,
-        "user_config": {"checkpoints": list(names.values())},
-        "autoscaling_config": {
-            "min_replicas": a.min_replicas,
-            "initial_replicas": max(1, a.min_replicas),
-            "max_replicas": a.max_replicas,
-            "target_ongoing_requests": a.target_ongoing_requests,
-            "upscale_delay_s": a.upscale_delay_s,
-            "downscale_delay_s": a.downscale_delay_s,
-            "look_back_period_s": a.look_back_period_s,
-        },
+    autoscaling = {
+        "min_replicas": a.min_replicas,
+        "initial_replicas": max(1, a.min_replicas),
+        "max_replicas": a.max_replicas,
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_s,
+        "downscale_delay_s": a.downscale_delay_s,
+        "look_back_period_s": a.look_back_period_s,
     }
     configured = keys.load_keys(spec.api_keys_env, spec.api_keys_file, spec.requests_per_minute)
     dumped = spec.model_dump(mode="json", exclude={"checkpoints"})
     # relative to where the application is built, like the checkpoints
     dumped["generation_log"]["dir"] = str(Path(spec.generation_log.dir).expanduser().absolute())
-    settings = {
-        "spec": dumped,
-        "keys": keys.to_settings(configured),
-        "config_file": str(Path(config_file).absolute()) if config_file else None,
-        "base": os.getcwd(),  # relative paths in config_file are relative to here
-    }
-    return Gateway.options(name="genai", **options).bind(settings)
+    models = Models.options(
+        name="models",
+        ray_actor_options={
+            "num_cpus": spec.num_cpus,
+            "num_gpus": spec.num_gpus,
+            "runtime_env": {"env_vars": REPLICA_ENV},
+        },
+        max_ongoing_requests=spec.max_ongoing_requests,
+        user_config={"checkpoints": list(names.values())},
+        # each request is already in the gateway's access log; one line per call here too
+        # costs CPU on a busy replica
+        logging_config={"enable_access_log": False},
+        autoscaling_config=autoscaling,
+    ).bind(
+        {
+            "spec": dumped,
+            "config_file": str(Path(config_file).absolute()) if config_file else None,
+            "base": os.getcwd(),  # relative paths in config_file are relative to here
+        }
+    )
+    g = spec.gateway
+    return Gateway.options(
+        name="gateway",
+        ray_actor_options={"num_cpus": g.num_cpus, "runtime_env": {"env_vars": REPLICA_ENV}},
+        max_ongoing_requests=g.max_ongoing_requests,
+        autoscaling_config=autoscaling,
+    ).bind(models, {"spec": dumped, "keys": keys.to_settings(configured)})
 
 
 class AppArgs(ServeSpec):

@@ -99,3 +99,12 @@ def decode_queued() -> metrics.Gauge:
         description="LM requests waiting for a batch row (queue depth)",
         tag_keys=("model",),
     )
+
+
+@cache
+def retries_total() -> metrics.Counter:
+    return metrics.Counter(
+        "genai_retries_total",
+        description="model calls the gateway retried because their replica died before answering",
+        tag_keys=("call",),
+    )

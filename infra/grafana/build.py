@@ -52,7 +52,7 @@ SERVING = [
     ("Queue depth", "sum by (model) (ray_genai_decode_queued)", "{{model}}"),
     (
         "Replicas",
-        'max by (application) (ray_serve_deployment_replica_healthy{deployment="genai"})',
+        'max by (application) (ray_serve_deployment_replica_healthy{deployment="models"})',
         "{{application}}",
     ),
     ("Checkpoint step served", "max by (model) (ray_genai_model_step)", "{{model}}"),
