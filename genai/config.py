@@ -247,6 +247,12 @@ class GatewaySpec(Section):
 
     num_cpus: float = Field(0.1, gt=0, description="CPUs per gateway replica")
     max_ongoing_requests: int = Field(256, ge=1, description="requests one gateway replica holds")
+    target_ongoing_requests: float = Field(
+        128,
+        gt=0,
+        description="the gateway's autoscaling target: it only forwards, so one replica carries "
+        "many model replicas' load (between autoscaling.min_replicas and max_replicas)",
+    )
     retries: int = Field(
         5, ge=0, le=10, description="retries of a model call whose replica died before answering"
     )

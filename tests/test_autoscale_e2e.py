@@ -54,9 +54,11 @@ def test_gateway_scales_up_under_load_and_back_down(serve_url, zero3_checkpoint)
             }
         }
     )
-    # the mapping onto Serve's autoscaling_config is one to one
+    # the mapping onto the models deployment's autoscaling_config is one to one
     app = build_app(spec, [zero3_checkpoint])
-    config = app._bound_deployment._deployment_config.autoscaling_config
+    models = app._bound_deployment.init_args[0]
+    assert models._bound_deployment.name == "models"
+    config = models._bound_deployment._deployment_config.autoscaling_config
     for key, value in spec.autoscaling.model_dump().items():
         assert getattr(config, key) == value, key
     serve.run(app, name=APP, route_prefix="/scale", blocking=False)

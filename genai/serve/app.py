@@ -504,7 +504,7 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str |
         name="gateway",
         ray_actor_options={"num_cpus": g.num_cpus, "runtime_env": {"env_vars": REPLICA_ENV}},
         max_ongoing_requests=g.max_ongoing_requests,
-        autoscaling_config=autoscaling,
+        autoscaling_config={**autoscaling, "target_ongoing_requests": g.target_ongoing_requests},
     ).bind(models, {"spec": dumped, "keys": keys.to_settings(configured)})
 
 
