@@ -87,6 +87,7 @@ class Meta(BaseModel):
         description="the family's own record: model_config, tensor counts, class names, files",
     )
     lineage: Lineage | None = None
+    run_id: str = Field("", description="the training run (one `genai train`) that wrote it")
 
     def file(self, directory: Path, key: str) -> Path | None:
         """A file the export record names (relative to the checkpoint), or None."""
@@ -218,12 +219,31 @@ def commit(staging: Path, root: Path, step: int, keep: int) -> Path:
     return final
 
 
-def clean_staging(root: Path) -> None:
-    """Remove staging dirs that crashed runs left behind."""
+def clean_staging(root: Path, run_id: str | None = None) -> list[Path]:
+    """Remove staging dirs that crashed runs left behind (only ``run_id``'s, if given);
+    returns what was removed."""
+    removed = []
     if root.is_dir():
         for p in root.iterdir():
-            if p.name.startswith((".step-", ".trash-")):
+            if run_id is None and p.name.startswith(".fatal-"):
+                p.unlink(missing_ok=True)  # an earlier run's recorded error (train/loop.py)
+            elif p.name.startswith((".step-", ".trash-")) and (
+                run_id is None or p.name.endswith(f".tmp-{run_id}")
+            ):
                 shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
+
+
+def latest_of_run(root: Path, run_id: str) -> Path | None:
+    """The newest committed checkpoint under ``root`` written by training run ``run_id``."""
+    for path in reversed(list_checkpoints(Path(root))):
+        try:
+            if read_meta(path).run_id == run_id:
+                return path
+        except CheckpointError:
+            continue
+    return None
 
 
 def _fsync(path: Path) -> None:

@@ -63,6 +63,12 @@ class TrainSpec(Section):
         description="micro-batches per worker per evaluation; default: the whole held-out split",
     )
     seed: int = Field(0, ge=0)
+    max_failures: int = Field(
+        3,
+        ge=0,
+        description="times Ray Train restarts a failed worker group; each restart continues "
+        "from the run's latest committed checkpoint",
+    )
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> TrainSpec:

@@ -50,6 +50,31 @@ def _fake_checkpoint(d, step):
     ckpt.write_meta(d, ckpt.Meta(step=step, name="m", family="lm", spec={}, spec_hash="0"))
 
 
+def test_a_restart_after_a_failure_resumes_from_its_own_newest_checkpoint(tmp_path):
+    """What train_loop_per_worker continues from: the driver's resume_from, unless this
+    run (run_id) has committed a strictly newer checkpoint before it failed; debris of
+    the interrupted checkpoint is this run's staging dirs only."""
+    from genai.train.loop import _resume_source
+
+    root, other = tmp_path / "run", tmp_path / "donor"
+    for step, run_id, where in ((4, "old", root), (4, "donor", other), (6, "r1", root)):
+        staging = ckpt.staging_dir(where, step, run_id)
+        _fake_checkpoint(staging, step)
+        meta = ckpt.read_meta(staging)
+        ckpt.write_meta(staging, meta.model_copy(update={"run_id": run_id}))
+        ckpt.commit(staging, where, step, keep=5)
+    donor = other / "step-000004"
+    config = {"run_id": "r1", "resume_from": str(donor)}
+    assert _resume_source(config, root) == root / "step-000006"  # own, newer than asked
+    assert _resume_source({"run_id": "r2", "resume_from": str(donor)}, root) == donor
+    assert _resume_source({"run_id": "r2", "resume_from": None}, root) is None  # fresh run
+    assert ckpt.latest_of_run(root, "old") == root / "step-000004"
+    _fake_checkpoint(ckpt.staging_dir(root, 8, "r1"), 8)
+    _fake_checkpoint(ckpt.staging_dir(root, 8, "r9"), 8)
+    assert [p.name for p in ckpt.clean_staging(root, "r1")] == [".step-000008.tmp-r1"]
+    assert (root / ".step-000008.tmp-r9").is_dir()  # another run's staging is not ours
+
+
 def test_commit_is_atomic_and_latest_moves(tmp_path):
     root = tmp_path / "ckpts"
     root.mkdir()

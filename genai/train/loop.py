@@ -25,6 +25,7 @@ from genai import __version__
 from genai import checkpoint as ckpt
 from genai.config import JobSpec
 from genai.pictures import save_curves
+from genai.specbase import SpecError
 from genai.train import metrics as train_metrics
 from genai.train.engine import resolve_precision
 from genai.train.tasks import make_task
@@ -50,7 +51,29 @@ def _quiet_ray_train() -> None:
         pass
 
 
+# Errors that a restart would only repeat: Ray Train retries every worker failure
+# (train.max_failures), so the first one is recorded and every restart re-raises it at once.
+DETERMINISTIC = (TrainingDiverged, ckpt.CheckpointError, SpecError)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    root = Path(config["checkpoint_root"])
+    fatal = root / f".fatal-{config['run_id']}"
+    if fatal.is_file():  # a restart after a deterministic error: do not train again
+        raise TrainingStopped(fatal.read_text())
+    try:
+        _train(config)
+    except DETERMINISTIC as exc:
+        root.mkdir(parents=True, exist_ok=True)
+        fatal.write_text(f"{type(exc).__name__}: {exc}")
+        raise
+
+
+class TrainingStopped(RuntimeError):
+    """A restarted worker group found the run's deterministic error recorded: re-raised."""
+
+
+def _train(config: dict[str, Any]) -> None:
     # 1. context
     _quiet_ray_train()
     spec = JobSpec.model_validate(config["spec"])
@@ -75,10 +98,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     curves: list[dict[str, float]] = []  # every logged step, for curves.png
     rate_key = f"{task.unit}_per_s"
 
-    # 3. resume
+    # 3. resume: from what the driver named or, when Ray Train restarted the workers after
+    # a failure, from this run's own newest checkpoint (if newer); debris of a checkpoint
+    # the failure interrupted is removed first
     start = 0
-    if config.get("resume_from"):
-        src = Path(config["resume_from"])
+    src = _resume_source(config, root)
+    if rank == 0:
+        for debris in ckpt.clean_staging(root, config["run_id"]):
+            say(f"removed the interrupted checkpoint's staging dir {debris.name}")
+    _barrier()
+    if src is not None:
         meta = ckpt.read_meta(src)
         tag = ckpt.step_name(meta.step)
         steps = {
@@ -91,7 +120,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
         start = meta.step
         history, curves = list(meta.history), list(meta.curves)
-        say(f"resumed from {src} at step {start}")
+        if meta.run_id == config["run_id"]:
+            say(f"recovered from a failure: continuing from {src} at step {start}")
+        else:
+            say(f"resumed from {src} at step {start}")
 
     def save(step: int, metrics: dict[str, float]) -> Path:
         # 5. every rank writes its shards into one staging dir, rank 0 exports + commits
@@ -130,6 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 versions=_versions(),
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 export=export,
+                run_id=config["run_id"],
             )
             ckpt.write_meta(staging, meta)
             final = ckpt.commit(staging, root, step, spec.checkpoint.keep)
@@ -205,6 +238,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         if done % t.log_every == 0 or evaluate:
             window_t = time.perf_counter()  # do not count checkpoint time as training time
+
+
+def _resume_source(config: dict[str, Any], root: Path) -> Path | None:
+    """The checkpoint this start continues from. A restart after a failure finds this run's
+    own checkpoints under ``root``; the newest wins over the driver's ``resume_from`` when it
+    is strictly newer (a PBT trial's ``resume_from`` may be another trial's checkpoint at
+    the same step as its own)."""
+    asked = Path(config["resume_from"]) if config.get("resume_from") else None
+    own = ckpt.latest_of_run(root, config["run_id"])
+    if own is None:
+        return asked
+    if asked is None or ckpt.read_meta(own).step > ckpt.read_meta(asked).step:
+        return own
+    return asked
 
 
 def _fmt(metrics: dict[str, float]) -> str:

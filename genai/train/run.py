@@ -68,7 +68,9 @@ def build_trainer(
         run_config=RunConfig(
             name=f"{spec.name}-{run_id}",
             storage_path=str(storage_path or root.parent / "ray"),
-            failure_config=FailureConfig(max_failures=0),
+            # a dead worker (or node) restarts the worker group, which resumes from the run's
+            # latest committed checkpoint (loop.py)
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
             callbacks=list(callbacks),
         ),
     )
