@@ -1,22 +1,12 @@
 #!/usr/bin/env bash
-# A multi-node Ray cluster made of several `ray start` processes on this machine.
-#   cluster/local.sh up [WORKERS]     # head + WORKERS worker nodes (default 2), 1 CPU each
-#   genai train jobs/lm-tiny.yaml --address 127.0.0.1:6380
-#   cluster/local.sh down             # note: `ray stop` stops every Ray instance on the machine
+# A real multi-node Ray cluster on this machine: one `ray start` process per node, token auth on.
+#   cluster/local.sh up [NODES]      # head + NODES-1 worker nodes (default 3), 1 CPU each
+#   export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=runs/local-cluster/auth_token   (printed by `up`)
+#   genai submit jobs/lm-tiny.yaml --address http://127.0.0.1:<dashboard port>
+#   cluster/local.sh status
+#   cluster/local.sh down            # stops only the nodes `up` started, by pid (never `ray stop`)
+# GENAI_CLUSTER_DIR (default runs/local-cluster) holds the state, node logs and the auth token.
 set -euo pipefail
-PORT=${GENAI_RAY_PORT:-6380}
-case "${1:-up}" in
-  up)
-    export RAY_AUTH_MODE=token   # keep token authentication on for every node and driver
-    ray start --head --port "$PORT" --num-cpus 1 --dashboard-host 127.0.0.1 \
-      --ray-client-server-port 23001 --disable-usage-stats
-    for _ in $(seq 1 "${2:-2}"); do
-      ray start --address "127.0.0.1:$PORT" --num-cpus 1 --disable-usage-stats
-    done
-    echo "cluster up: --address 127.0.0.1:$PORT (dashboard http://127.0.0.1:8265)"
-    ;;
-  down)
-    ray stop
-    ;;
-  *) echo "usage: $0 up [WORKERS] | down" >&2; exit 2 ;;
-esac
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
+exec "$PY" -m genai.localcluster "${1:-up}" ${2:+"$2"} --dir "${GENAI_CLUSTER_DIR:-runs/local-cluster}"

@@ -79,6 +79,9 @@ class Meta(BaseModel):
     spec_hash: str
     deepspeed_config: dict[str, Any] = Field(default_factory=dict, description="per engine")
     world_size: int = 1
+    node_ids: list[str] = Field(
+        default_factory=list, description="the Ray node of each rank that wrote it, by rank"
+    )
     n_params: int = 0
     versions: dict[str, str] = Field(default_factory=dict)
     created: str = ""
@@ -227,8 +230,8 @@ def clean_staging(root: Path, run_id: str | None = None) -> list[Path]:
         for p in root.iterdir():
             if run_id is None and p.name.startswith(".fatal-"):
                 p.unlink(missing_ok=True)  # an earlier run's recorded error (train/loop.py)
-            elif p.name.startswith((".step-", ".trash-")) and (
-                run_id is None or p.name.endswith(f".tmp-{run_id}")
+            elif p.name.startswith((".step-", ".trash-", ".reshard-")) and (
+                run_id is None or p.name.endswith((f".tmp-{run_id}", f".reshard-{run_id}"))
             ):
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)

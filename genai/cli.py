@@ -147,13 +147,14 @@ def _submit(args: argparse.Namespace) -> int:
     from genai.config import load_job
 
     load_job(args.spec, args.set)  # validate here, before shipping anything
-    entry = ["genai", "train", args.spec, "--address", "auto"]
+    # `python -m genai`: the node's PATH decides which python, not whether `genai` is on it
+    entry = ["python", "-m", "genai", "train", args.spec, "--address", "auto"]
     for s in args.set:
         entry += ["--set", s]
     if args.resume:
         entry.append("--resume")
     job_id = cluster.submit(" ".join(shlex.quote(e) for e in entry), args.address)
-    print(f"submitted: {job_id}\n  genai jobs logs {job_id} --address {args.address}")
+    print(f"submitted: {job_id}\n  genai jobs logs {job_id} --follow --address {args.address}")
     return 0
 
 
@@ -165,12 +166,35 @@ def _jobs(args: argparse.Namespace) -> int:
         for job in client.list_jobs():
             print(f"{job.submission_id}\t{job.status}\t{job.entrypoint}")
     elif args.action == "status":
-        print(client.get_job_status(args.job_id))
+        info = client.get_job_info(args.job_id)
+        print(f"{args.job_id}\t{info.status}")
+        if str(info.status) == "FAILED":
+            # Ray's message says only that the entrypoint exited non-zero; the cause is the
+            # job's own last error line
+            print(f"error: {_job_error(client.get_job_logs(args.job_id)) or info.message}")
+            return 1
     elif args.action == "logs":
-        print(client.get_job_logs(args.job_id), end="")
+        if args.follow:
+            import asyncio
+
+            async def tail() -> None:
+                async for chunk in client.tail_job_logs(args.job_id):
+                    print(chunk, end="", flush=True)
+
+            asyncio.run(tail())
+        else:
+            print(client.get_job_logs(args.job_id), end="")
     elif args.action == "stop":
         print("stopped" if client.stop_job(args.job_id) else "not running")
     return 0
+
+
+def _job_error(logs: str) -> str | None:
+    """The last line of a failed job's log that names an error."""
+    for line in reversed(logs.strip().splitlines()):
+        if "error" in line.lower() or "Error" in line:
+            return line.strip()
+    return None
 
 
 def _since(text: str):
@@ -362,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     j = sub.add_parser("jobs", help="list / status / logs / stop submitted jobs")
     j.add_argument("action", choices=["list", "status", "logs", "stop"])
     j.add_argument("job_id", nargs="?")
-    j.add_argument("--address", required=True)
+    j.add_argument("--address", required=True, help="dashboard address, e.g. http://HEAD:8265")
+    j.add_argument("--follow", "-f", action="store_true", help="logs: stream until the job ends")
     j.set_defaults(func=_jobs)
 
     d = sub.add_parser("demo", help="train, serve and query a small LM on an embedded local Ray")

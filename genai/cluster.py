@@ -41,9 +41,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Itera
         yield
         return
     if address:
-        # a cluster started with `ray start --head` has token auth on; without this the
-        # driver fails with AuthenticationError after ~20 s (FACTS.md)
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        _token_auth()
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=_runtime_env())
     else:
         ray.init(
@@ -61,28 +59,70 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Itera
         ray.shutdown()
 
 
+def _token_auth() -> None:
+    """Send Ray's auth token, as a Ray 2.60 cluster (`ray start --head`) requires: without
+    it a driver fails with AuthenticationError after ~20 s (FACTS.md). Ray caches the mode
+    when it is imported, so setting RAY_AUTH_MODE now must refresh its config, which is what
+    Ray's own helper does. An explicit RAY_AUTH_MODE wins."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # another Ray version: the environment variable alone
+        os.environ["RAY_AUTH_MODE"] = "token"
+        return
+    # with no token anywhere this leaves auth off, and the cluster's refusal says what to set;
+    # its "token authentication is enabled" warning would print on every command
+    setup_log = logging.getLogger(maybe_enable_token_auth_if_token_available.__module__)
+    level = setup_log.level
+    setup_log.setLevel(logging.ERROR)
+    try:
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+    finally:
+        setup_log.setLevel(level)
+
+
 def _runtime_env() -> dict:
-    return {"env_vars": {k: os.environ[k] for k in _RAY_ENV}}
+    # Ray Train's own settings (RAY_TRAIN_*) are read by its controller and workers, which
+    # run in the job's runtime env, not the driver's: pass on what the user set
+    train = {k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")}
+    return {"env_vars": {**{k: os.environ[k] for k in _RAY_ENV}, **train}}
 
 
 def submit(
     entrypoint: str, address: str, working_dir: str | Path = ".", job_id: str | None = None
 ) -> str:
     """Ship the working dir through the Ray Jobs API and start ``entrypoint`` on the cluster."""
-    from ray.job_submission import JobSubmissionClient
-
-    client = JobSubmissionClient(address)
-    return client.submit_job(
+    return jobs_client(address).submit_job(
         entrypoint=entrypoint,
         submission_id=job_id,
         runtime_env={
             "working_dir": str(working_dir),
-            "excludes": [".venv", "runs", ".genai_cache", ".git", "*.safetensors"],
+            "excludes": [".venv", "runs", ".genai_cache", ".git", "*.safetensors", ".whl"],
+            # the entrypoint (a driver) sets the rest itself (connect)
+            "env_vars": {k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")},
         },
     )
 
 
+class ClusterAuthError(ConnectionError):
+    """The cluster refused this client's Ray auth token (or there was none)."""
+
+
 def jobs_client(address: str):
+    """A Jobs API client; token auth on, as every Ray 2.60 cluster has it by default."""
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    _token_auth()
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ClusterAuthError(
+            f"{address} refused the Ray auth token ({first.split(': ', 1)[-1]}): set "
+            "RAY_AUTH_TOKEN_PATH to the cluster's token file or RAY_AUTH_TOKEN to the token "
+            "(cluster/local.sh up prints them; `ray get-auth-token` on the head shows it)"
+        ) from None

@@ -100,8 +100,29 @@ class DeepSpeedSpec(Section):
 
 class ScalingSpec(Section):
     num_workers: int = Field(2, ge=1)
+    min_workers: int | None = Field(
+        None,
+        ge=1,
+        description="elastic: after losing workers (a node), continue on as few as this many "
+        "instead of waiting for them to come back; ZeRO state is re-sharded and the global "
+        "batch kept. None: always num_workers (wait)",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0.0)
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each worker needs, to place workers on certain "
+        "nodes (e.g. {trainer: 1} where only those nodes offer it)",
+    )
+
+    @model_validator(mode="after")
+    def _min_fits(self) -> ScalingSpec:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(
+                f"scaling.min_workers ({self.min_workers}) must be <= scaling.num_workers "
+                f"({self.num_workers})"
+            )
+        return self
 
 
 class CheckpointSpec(Section):
@@ -164,7 +185,21 @@ class _JobSpecBase(Section):
                 )
         if family.check is not None:
             family.check(self)
+        # every worker count the run may use must split the global batch evenly
+        g, low = self.global_batch, self.scaling.min_workers or self.scaling.num_workers
+        uneven = [w for w in range(low, self.scaling.num_workers + 1) if g % w]
+        if uneven:
+            raise ValueError(
+                f"scaling.min_workers: the global batch ({g} = train.micro_batch_size x "
+                f"train.grad_accum_steps x scaling.num_workers) does not split evenly over "
+                f"{uneven[0]} workers"
+            )
         return self
+
+    @property
+    def global_batch(self) -> int:
+        """Items per optimizer step, fixed for the run whatever the worker count."""
+        return self.train.micro_batch_size * self.train.grad_accum_steps * self.scaling.num_workers
 
     @property
     def checkpoint_dir(self) -> Path:

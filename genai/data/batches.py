@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from genai.specbase import SpecError
+
 
 class StepSampler:
     """Item indices for (step, micro-step, rank): epochs of a seeded permutation, ranks disjoint."""
@@ -18,7 +20,7 @@ class StepSampler:
         self, n_items: int, micro_batch: int, grad_accum: int, rank: int, world_size: int, seed: int
     ) -> None:
         if n_items < micro_batch * world_size:
-            raise ValueError(
+            raise SpecError(
                 f"only {n_items} training items; need at least "
                 f"train.micro_batch_size*scaling.num_workers={micro_batch * world_size}"
             )

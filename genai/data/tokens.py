@@ -1,8 +1,10 @@
 """Tokenizer training and token shards in Parquet, cached by content.
 
 The driver prepares data once per spec: train (or load) a tokenizer, tokenize
-the corpus, split off validation documents, and write two Parquet files of
-token ids. A later run of the same spec over the same files reuses them.
+the corpus, split off validation documents, and write Parquet files of token ids:
+the training tokens in shards of ``data.shard_tokens`` (streamed by Ray Data when
+``data.streaming`` is on), the held-out tokens in one file. A later run of the
+same spec over the same files reuses them.
 
 The held-out split is made of whole documents (a source file, a JSONL record):
 no piece of a held-out file is ever trained on. Beside it, the cache records its
@@ -32,7 +34,7 @@ from genai.config import DataSpec
 from genai.data.corpus import iter_documents, resolve_files
 
 EOS = "<|endoftext|>"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 _TOKENIZER_FILES = {"vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json"}
 
 
@@ -50,7 +52,16 @@ class TokenData:
     xz_bpb: float
 
     def load(self, split: str) -> np.ndarray:
-        return pq.read_table(self.dir / f"{split}.parquet").column("tokens").to_numpy()
+        """All of a split's tokens in memory."""
+        if split == "train":
+            parts = [_read_tokens(path) for path, _ in self.train_shards()]
+            return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+        return _read_tokens(self.dir / f"{split}.parquet")
+
+    def train_shards(self) -> list[tuple[Path, int]]:
+        """The training shards in order, with their token counts."""
+        meta = json.loads((self.dir / "meta.json").read_text())
+        return [(self.dir / "train" / name, n) for name, n in meta["train_shards"]]
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
         return AutoTokenizer.from_pretrained(self.tokenizer_dir)
@@ -58,7 +69,7 @@ class TokenData:
 
 def _cache_key(spec: DataSpec, files: list[Path]) -> str:
     h = hashlib.sha256()
-    relevant = spec.model_dump(mode="json", exclude={"cache_dir", "seq_len"})
+    relevant = spec.model_dump(mode="json", exclude={"cache_dir", "seq_len", "streaming"})
     h.update(json.dumps([FORMAT_VERSION, relevant], sort_keys=True).encode())
     for p in files:
         st = p.stat()
@@ -133,13 +144,19 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
     # Write into a temporary sibling and rename: a crash never leaves a cache that looks complete.
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
     try:
-        counts = {}
+        counts, shards = {}, []
         for split, split_docs in (("train", train_docs), ("val", val_docs)):
             ids = _encode(tokenizer, split_docs, eos_id)
-            pq.write_table(
-                pa.table({"tokens": ids}), tmp / f"{split}.parquet", row_group_size=1 << 20
-            )
             counts[split] = len(ids)
+            if split == "val":
+                pq.write_table(pa.table({"tokens": ids}), tmp / "val.parquet")
+                continue
+            (tmp / "train").mkdir()
+            for i, start in enumerate(range(0, len(ids), spec.shard_tokens)):
+                name = f"part-{i:05d}.parquet"
+                piece = ids[start : start + spec.shard_tokens]
+                pq.write_table(pa.table({"tokens": piece}), tmp / "train" / name)
+                shards.append([name, len(piece)])
         tokenizer.save_pretrained(tmp / "tokenizer")
         val_text = "".join(val_docs).encode("utf-8", "replace")
         xz = lzma.compress(val_text, preset=9 | lzma.PRESET_EXTREME)
@@ -147,6 +164,7 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
             "format": FORMAT_VERSION,
             "train_tokens": counts["train"],
             "val_tokens": counts["val"],
+            "train_shards": shards,
             "vocab_size": len(tokenizer),
             "eos_id": eos_id,
             "documents": {"train": len(train_docs), "val": len(val_docs)},
@@ -178,6 +196,10 @@ def _encode(tokenizer: PreTrainedTokenizerFast, docs: list[str], eos_id: int) ->
         pieces.append(np.asarray(enc.ids, dtype=np.int32))
         pieces.append(np.asarray([eos_id], dtype=np.int32))  # documents are separated by EOS
     return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+
+
+def _read_tokens(path: Path) -> np.ndarray:
+    return pq.read_table(path).column("tokens").to_numpy()
 
 
 def _token_data(out: Path) -> TokenData:

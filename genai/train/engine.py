@@ -171,11 +171,18 @@ class Engine:
         """Every rank writes its shards (a collective)."""
         self.ds_engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
 
-    def load(self, directory: Path, tag: str) -> dict[str, Any]:
-        """Restore module, optimizer, LR schedule; returns the client state saved with them."""
-        _, client_state = self.ds_engine.load_checkpoint(
-            str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+    def load(self, directory: Path, tag: str, *, universal: bool = False) -> dict[str, Any]:
+        """Restore module, optimizer, LR schedule; returns the client state saved with them.
+        ``universal``: ``directory`` holds DeepSpeed's universal format (reshard.py), which
+        loads on any world size."""
+        # DeepSpeed reads this flag from its config at load time only; saves are unaffected
+        self.ds_engine._config.load_universal_checkpoint = universal
+        try:
+            _, client_state = self.ds_engine.load_checkpoint(
+                str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        finally:
+            self.ds_engine._config.load_universal_checkpoint = False
         if client_state is None:
             raise FileNotFoundError(f"no DeepSpeed checkpoint {tag!r} under {directory}")
         self._apply_base_lr()

@@ -12,6 +12,8 @@ import logging
 import math
 import platform
 import re
+import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from genai.config import JobSpec
 from genai.pictures import save_curves
 from genai.specbase import SpecError
 from genai.train import metrics as train_metrics
+from genai.train import reshard
 from genai.train.engine import resolve_precision
 from genai.train.tasks import make_task
 
@@ -88,12 +91,18 @@ def _train(config: dict[str, Any]) -> None:
         (lambda msg: print(f"[{spec.name}] {msg}", flush=True)) if rank == 0 else (lambda msg: None)
     )
 
-    # 2. data + model + DeepSpeed engine(s)
+    rss_start = _rss_peak_mb()
+    # 2. where this start continues from (before the engines: on another worker count the
+    # per-worker batch changes), then data + model + DeepSpeed engine(s)
+    root = Path(config["checkpoint_root"])
+    src = _resume_source(config, root)
+    meta = ckpt.read_meta(src) if src is not None else None
+    spec = _fit_batch_to_world(spec, meta, world, say)
     task = make_task(spec, config["data"], rank, world)
     say(
         f"{task.describe()}; {world} workers, ZeRO-{spec.deepspeed.zero_stage} {resolve_precision(spec.deepspeed.precision)}"
     )
-    root = Path(config["checkpoint_root"])
+    node_ids = _node_ids(world)
     history: list[dict[str, float]] = []  # evaluations
     curves: list[dict[str, float]] = []  # every logged step, for curves.png
     rate_key = f"{task.unit}_per_s"
@@ -102,23 +111,12 @@ def _train(config: dict[str, Any]) -> None:
     # a failure, from this run's own newest checkpoint (if newer); debris of a checkpoint
     # the failure interrupted is removed first
     start = 0
-    src = _resume_source(config, root)
     if rank == 0:
         for debris in ckpt.clean_staging(root, config["run_id"]):
             say(f"removed the interrupted checkpoint's staging dir {debris.name}")
     _barrier()
     if src is not None:
-        meta = ckpt.read_meta(src)
-        tag = ckpt.step_name(meta.step)
-        steps = {
-            name: int(engine.load(src / ckpt.DS_DIR / name, tag=tag)["step"])
-            for name, engine in task.engines.items()
-        }
-        if set(steps.values()) != {meta.step}:  # a GAN's two engines must resume together
-            raise ckpt.CheckpointError(
-                f"{src}: engines saved at steps {steps}, meta.json says {meta.step}"
-            )
-        start = meta.step
+        start = _load_engines(task, src, meta, root, config["run_id"], world, rank, say)
         history, curves = list(meta.history), list(meta.curves)
         if meta.run_id == config["run_id"]:
             say(f"recovered from a failure: continuing from {src} at step {start}")
@@ -158,6 +156,7 @@ def _train(config: dict[str, Any]) -> None:
                 spec_hash=spec.spec_hash(),
                 deepspeed_config={n: e.config for n, e in task.engines.items()},
                 world_size=world,
+                node_ids=node_ids,
                 n_params=task.n_params,
                 versions=_versions(),
                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -180,6 +179,7 @@ def _train(config: dict[str, Any]) -> None:
         history.append({"step": 0, **task.evaluate()})
         say(f"step 0 {_fmt(history[-1])}")
     window_t, window_steps, first_step_at = time.perf_counter(), 0, None
+    rss_first_step = 0.0
     metrics: dict[str, float] = {}
     for step in range(start, stop_at):
         torch.manual_seed(
@@ -195,7 +195,7 @@ def _train(config: dict[str, Any]) -> None:
             )
         window_steps += 1
         if first_step_at is None:
-            first_step_at = time.time()
+            first_step_at, rss_first_step = time.time(), _rss_peak_mb()
             say(f"first step done {first_step_at - config['t_submit']:.1f}s after submit")
         last = done == stop_at
         evaluate = done % t.eval_every == 0 or last
@@ -206,6 +206,10 @@ def _train(config: dict[str, Any]) -> None:
                 "lr": task.lr,
                 rate_key: window_steps * task.items_per_step / elapsed,
                 "time_to_first_step_s": first_step_at - config["t_submit"],
+                # this worker's memory: its peak, and what it held before data and engines
+                "rss_peak_mb": _rss_peak_mb(),
+                "rss_start_mb": rss_start,
+                "rss_first_step_mb": rss_first_step,
                 **out,
             }
             evaluation = task.evaluate() if evaluate else {}
@@ -238,6 +242,82 @@ def _train(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         if done % t.log_every == 0 or evaluate:
             window_t = time.perf_counter()  # do not count checkpoint time as training time
+
+
+def _rss_peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _node_ids(world: int) -> list[str]:
+    """Every rank's Ray node id, by rank (all ranks call: a collective)."""
+    mine = ray.get_runtime_context().get_node_id()
+    if world == 1 or not dist.is_initialized():
+        return [mine]
+    out: list[str] = [""] * world
+    dist.all_gather_object(out, mine)
+    return out
+
+
+def _fit_batch_to_world(spec: JobSpec, meta: ckpt.Meta | None, world: int, say) -> JobSpec:
+    """The spec with its per-worker batch split for ``world`` workers, keeping the run's
+    global batch: the checkpoint's when resuming, else the spec's (at scaling.num_workers)."""
+    if meta is not None:
+        t = meta.spec["train"]
+        global_batch = t["micro_batch_size"] * t["grad_accum_steps"] * meta.world_size
+    else:
+        global_batch = spec.global_batch
+    t = spec.train
+    if t.micro_batch_size * t.grad_accum_steps * world == global_batch:
+        return spec
+    micro, accum = reshard.split_batch(global_batch, world, t.micro_batch_size)
+    say(
+        f"{world} workers: micro-batch {micro} x {accum} accumulation steps keeps the global "
+        f"batch at {global_batch}"
+    )
+    train = t.model_copy(update={"micro_batch_size": micro, "grad_accum_steps": accum})
+    return spec.model_copy(update={"train": train})
+
+
+def _load_engines(
+    task, src: Path, meta: ckpt.Meta, root: Path, run_id: str, world: int, rank: int, say
+) -> int:
+    """Load every engine's state from checkpoint ``src``; returns its step. Saved on another
+    worker count, partitioned state goes through DeepSpeed's universal format first."""
+    tag = ckpt.step_name(meta.step)
+    reshard_dir = root / f".reshard-{run_id}"
+    universal = meta.world_size != world and any(
+        reshard.needs_universal(src / ckpt.DS_DIR / name, tag) for name in task.engines
+    )
+    if universal:
+        if rank == 0:
+            t0 = time.perf_counter()
+            for name in task.engines:
+                reshard.to_universal(src / ckpt.DS_DIR / name, tag, reshard_dir / name)
+            say(
+                f"re-sharding {src.name} from {meta.world_size} to {world} workers "
+                f"(DeepSpeed universal checkpoint, {time.perf_counter() - t0:.1f}s)"
+            )
+        _barrier()
+    try:
+        steps = {
+            name: int(
+                engine.load(
+                    (reshard_dir if universal else src / ckpt.DS_DIR) / name,
+                    tag=tag,
+                    universal=universal,
+                )["step"]
+            )
+            for name, engine in task.engines.items()
+        }
+    finally:
+        _barrier()
+        if universal and rank == 0:
+            shutil.rmtree(reshard_dir, ignore_errors=True)
+    if set(steps.values()) != {meta.step}:  # a GAN's two engines must resume together
+        raise ckpt.CheckpointError(
+            f"{src}: engines saved at steps {steps}, meta.json says {meta.step}"
+        )
+    return meta.step
 
 
 def _resume_source(config: dict[str, Any], root: Path) -> Path | None:

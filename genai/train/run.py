@@ -54,16 +54,18 @@ def build_trainer(
         "t_submit": t_submit or time.time(),
         "stop_at": stop_at,
     }
-    resources = {"CPU": spec.scaling.cpus_per_worker}
-    if spec.scaling.use_gpu:
+    sc = spec.scaling
+    resources = {"CPU": sc.cpus_per_worker, **sc.resources_per_worker}
+    if sc.use_gpu:
         resources["GPU"] = 1
+    # min_workers: elastic, the worker group restarts on whatever fits (down to min_workers)
+    # after a node is lost, and grows back when it returns; otherwise it waits for it
+    workers = sc.num_workers if sc.min_workers is None else (sc.min_workers, sc.num_workers)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(
-            num_workers=spec.scaling.num_workers,
-            use_gpu=spec.scaling.use_gpu,
-            resources_per_worker=resources,
+            num_workers=workers, use_gpu=sc.use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
             name=f"{spec.name}-{run_id}",

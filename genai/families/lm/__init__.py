@@ -69,6 +69,15 @@ class DataSpec(Section):
     cache_dir: str = Field(
         ".genai_cache", description="tokenized shards are cached here, keyed by content"
     )
+    shard_tokens: int = Field(
+        1 << 20, ge=1024, description="training tokens per Parquet shard (the unit streamed)"
+    )
+    streaming: bool = Field(
+        False,
+        description="each worker streams its share of the token shards with Ray Data "
+        "(bounded memory) instead of holding the whole corpus; cache_dir must then be on "
+        "storage every node sees",
+    )
     seed: int = Field(0, ge=0)
 
 

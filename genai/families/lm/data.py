@@ -13,8 +13,15 @@ from genai.data.tokens import token_byte_lengths
 def prepare(spec: Any, log=print) -> dict[str, Any]:
     """Data for the workers, through the object store (workers on other nodes read it too)."""
     data = prepare_tokens(spec.data, log=log)
+    if spec.data.streaming:
+        # the workers read the shards themselves (genai/data/stream.py): only names travel
+        shards = data.train_shards()
+        log(f"data: streaming {len(shards)} token shard(s) from {data.dir / 'train'}")
+        train: dict[str, Any] = {"train_shards": [(str(p), n) for p, n in shards]}
+    else:
+        train = {"train_ref": ray.put(data.load("train"))}
     return {
-        "train_ref": ray.put(data.load("train")),
+        **train,
         "val_ref": ray.put(data.load("val")),
         "tokenizer_files": {p.name: p.read_bytes() for p in data.tokenizer_dir.iterdir()},
         "vocab_size": data.vocab_size,

@@ -13,6 +13,7 @@ from safetensors import safe_open
 from genai.checkpoint import WEIGHTS
 from genai.config import JobSpec
 from genai.data.batches import BlockSampler, eval_batches
+from genai.data.stream import StreamSampler
 from genai.models.transformer import build_lm
 from genai.train.engine import Engine
 from genai.train.tasks import all_mean, get_ref
@@ -25,21 +26,16 @@ class LMTask:
 
     def __init__(self, spec: JobSpec, data: dict[str, Any], rank: int, world_size: int) -> None:
         self.spec, self.rank, self.world_size = spec, rank, world_size
-        train_tokens: np.ndarray = get_ref(data["train_ref"])
         val_tokens: np.ndarray = get_ref(data["val_ref"])
         self.tokenizer_files: dict[str, bytes] = data["tokenizer_files"]
         self.token_bytes = torch.from_numpy(np.asarray(data["token_bytes"]))
         self.xz_bpb: float | None = data.get("xz_bpb")
         t, d = spec.train, spec.data
-        self.sampler = BlockSampler(
-            train_tokens,
-            d.seq_len,
-            t.micro_batch_size,
-            t.grad_accum_steps,
-            rank,
-            world_size,
-            t.seed,
-        )
+        batching = (d.seq_len, t.micro_batch_size, t.grad_accum_steps, rank, world_size, t.seed)
+        if "train_shards" in data:  # data.streaming
+            self.sampler = StreamSampler(data["train_shards"], *batching)
+        else:
+            self.sampler = BlockSampler(get_ref(data["train_ref"]), *batching)
         self.val = eval_batches(
             val_tokens, d.seq_len, t.micro_batch_size, t.eval_batches, rank, world_size
         )
