@@ -116,3 +116,35 @@ def zero3_checkpoint(ray_session, tmp_path_factory, corpus_dir, cache_dir) -> Pa
     raw = merge(raw, {"data": {"source": str(corpus_dir), "cache_dir": str(cache_dir)}})
     raw = merge(raw, {"checkpoint": {"dir": str(tmp_path_factory.mktemp("z3") / "ckpt")}})
     return train(parse_job(raw))
+
+
+def _ray_leftovers() -> list[str]:
+    """Ray processes in this test session's process session (the embedded instance, and
+    anything a test started without a session of its own), other than pytest itself."""
+    from genai.localcluster import session_pids
+
+    me, found = os.getpid(), []
+    for pid in session_pids(os.getsid(0)):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if pid != me and ("/ray/" in cmd or cmd.startswith(("ray::", "ray-dashboard"))):
+            found.append(f"{pid} {cmd[:120]}")
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite leaves no Ray process behind: the session fixtures have shut Ray down by
+    now; what is still running after a grace period fails the run. (Multi-node test
+    clusters run in sessions of their own; their fixture checks those.)"""
+    import time
+
+    deadline = time.time() + 20
+    while (left := _ray_leftovers()) and time.time() < deadline:
+        time.sleep(0.5)
+    if left:
+        print("\nRay processes left behind by the test suite:\n  " + "\n  ".join(left))
+        session.exitstatus = 1
+    elif exitstatus == 0:
+        print("\nno Ray process left behind")
