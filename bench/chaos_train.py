@@ -8,7 +8,7 @@ lost (the last step trained before the kill minus the step training continued fr
 every committed checkpoint loads and its safetensors weights equal its DeepSpeed shards,
 and that no staging dir is left.
 
-    python bench/chaos_train.py                 # 20 kills (about 15-20 min here)
+    python bench/chaos_train.py                 # 20 kills (about 16 min here)
     python bench/chaos_train.py --kills 5 --seed 1
 """
 
@@ -165,13 +165,13 @@ def verify_checkpoint(path: Path) -> str | None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--kills", type=int, default=20)
-    p.add_argument("--max-steps", type=int, default=0, help="default: 60 per kill")
+    p.add_argument("--max-steps", type=int, default=0, help="default: 5 per kill + 40")
     p.add_argument("--every", type=int, default=5, help="checkpoint interval (steps)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench/chaos_train.json")
     args = p.parse_args()
     rng = random.Random(args.seed)
-    max_steps = args.max_steps or 60 * args.kills
+    max_steps = args.max_steps or 5 * args.kills + 40
     workdir = Path(tempfile.mkdtemp(prefix="genai-chaos-"))
     spec_path = workdir / "job.json"
     spec_path.write_text(json.dumps(job_spec(workdir, max_steps, args.every)))
