@@ -38,7 +38,10 @@ from genai.localcluster import LocalCluster, session_pids
 
 TRAINER = {"trainer": 1}
 STEP_RE = re.compile(r"\] step (\d+)/")
-FROM_RE = re.compile(r"(?:recovered from a failure: continuing|resumed) from \S+ at step (\d+)")
+FROM_RE = re.compile(
+    r"(?:recovered from a failure: continuing from \S+|resumed from \S+|"
+    r"recovered from a failure: no checkpoint committed yet, starting again) at step (\d+)"
+)
 
 
 def job_spec(workdir: Path, max_steps: int, every: int) -> dict:

@@ -228,7 +228,7 @@ def clean_staging(root: Path, run_id: str | None = None) -> list[Path]:
     removed = []
     if root.is_dir():
         for p in root.iterdir():
-            if run_id is None and p.name.startswith(".fatal-"):
+            if run_id is None and p.name.startswith((".fatal-", ".started-")):
                 p.unlink(missing_ok=True)  # an earlier run's recorded error (train/loop.py)
             elif p.name.startswith((".step-", ".trash-", ".reshard-")) and (
                 run_id is None or p.name.endswith((f".tmp-{run_id}", f".reshard-{run_id}"))

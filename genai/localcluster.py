@@ -176,7 +176,17 @@ class LocalCluster:
         # the node's PATH is its jobs' PATH: this interpreter's bin dir first, as an image
         # with genai installed would have it
         path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-        env = {**os.environ, **self.client_env(), "PATH": path}
+        env = {
+            **os.environ,
+            **self.client_env(),
+            "PATH": path,
+            # several nodes starting on a loaded 2-core machine: Ray's 30 s for a raylet to
+            # register was seen to run out
+            "RAY_raylet_start_wait_time_s": os.environ.get(
+                "RAY_raylet_start_wait_time_s",  # noqa: SIM112 (Ray spells it so)
+                "120",
+            ),
+        }
         with open(log, "w") as out:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
@@ -257,6 +267,9 @@ def _stop_session(sid: int, grace_s: float) -> None:
     for pid in session_pids(sid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 10  # SIGKILL is not instant: wait until they are gone
+    while session_pids(sid) and time.time() < deadline:
+        time.sleep(0.1)
 
 
 def main(argv: list[str] | None = None) -> int:

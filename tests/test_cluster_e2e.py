@@ -85,7 +85,7 @@ def _project(tmp_path: Path, corpus_dir: Path, **over) -> tuple[Path, dict]:
     return proj, raw
 
 
-def _wait_status(c: LocalCluster, job: str, want: set[str], timeout: float = 240) -> str:
+def _wait_status(c: LocalCluster, job: str, want: set[str], timeout: float = 420) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
         r = _genai(c, "jobs", "status", job, "--address", c.dashboard_url)

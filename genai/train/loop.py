@@ -111,10 +111,18 @@ def _train(config: dict[str, Any]) -> None:
     # a failure, from this run's own newest checkpoint (if newer); debris of a checkpoint
     # the failure interrupted is removed first
     start = 0
+    # a restart of this run by Ray Train finds the marker its first start left
+    started = root / f".started-{config['run_id']}"
+    restarted = started.exists()
+    _barrier()
     if rank == 0:
         for debris in ckpt.clean_staging(root, config["run_id"]):
             say(f"removed the interrupted checkpoint's staging dir {debris.name}")
+        root.mkdir(parents=True, exist_ok=True)
+        started.touch()
     _barrier()
+    if src is None and restarted:
+        say("recovered from a failure: no checkpoint committed yet, starting again at step 0")
     if src is not None:
         start = _load_engines(task, src, meta, root, config["run_id"], world, rank, say)
         history, curves = list(meta.history), list(meta.curves)
@@ -242,6 +250,8 @@ def _train(config: dict[str, Any]) -> None:
             ray.train.report(metrics)
         if done % t.log_every == 0 or evaluate:
             window_t = time.perf_counter()  # do not count checkpoint time as training time
+    if rank == 0:
+        started.unlink(missing_ok=True)
 
 
 def _rss_peak_mb() -> float:
