@@ -42,6 +42,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Itera
         return
     if address:
         _token_auth()
+        # inside a submitted job, the job's runtime env and this driver's both set
+        # variables; without this Ray refuses any key the two share, even with equal values
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         ray.init(address=address, logging_level=logging.WARNING, runtime_env=_runtime_env())
     else:
         ray.init(
@@ -101,8 +104,12 @@ def submit(
         runtime_env={
             "working_dir": str(working_dir),
             "excludes": [".venv", "runs", ".genai_cache", ".git", "*.safetensors", ".whl"],
-            # the entrypoint (a driver) sets the rest itself (connect)
-            "env_vars": {k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")},
+            # the entrypoint (a driver) sets genai's own itself (connect)
+            "env_vars": {
+                k: v
+                for k, v in os.environ.items()
+                if k.startswith("RAY_TRAIN_") and k not in _RAY_ENV
+            },
         },
     )
 
