@@ -309,14 +309,19 @@ def test_genai_serve_cli_query_and_sigterm(zero3_checkpoint, tmp_path):
         log.close()
 
 
-def _wait_logged(directory: Path, ids: set[str], timeout: float = 30):
+def _wait_logged(
+    directory: Path, ids: set[str], timeout: float = 60, scored: set[str] = frozenset()
+):
+    """The log's rows once ``ids`` are logged and ``scored`` have their feedback joined
+    (feedback is written by the same writer thread, possibly a flush later)."""
     from genai.serve import genlog
 
     deadline = time.time() + timeout
     while True:
         table, _ = genlog.read(directory)
         rows = {r["id"]: r for r in table.to_pylist()}
-        if ids <= rows.keys() or time.time() > deadline:
+        done = ids <= rows.keys() and all(rows[i]["score"] is not None for i in scored)
+        if done or time.time() > deadline:
             return rows
         time.sleep(0.3)
 
@@ -357,7 +362,7 @@ def test_generation_log_with_feedback_and_a_torn_file(served, genlog_dir, zero3_
         bad = client.post("/v1/feedback", json=body)
         assert bad.status_code == 422 and bad.json()["error"]["param"] == field, bad.text
 
-    rows = _wait_logged(genlog_dir, {plain["id"], sid})
+    rows = _wait_logged(genlog_dir, {plain["id"], sid}, scored={plain["id"], sid})
     meta = read_meta(zero3_checkpoint)
     p, s = rows[plain["id"]], rows[sid]
     assert p["prompt"] == "log me " and p["output"] == plain["choices"][0]["text"]
