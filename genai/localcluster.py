@@ -61,6 +61,7 @@ class Node:
     pid: int  # the `ray start --block` process; leader of the node's session
     temp_dir: str
     log: str
+    cgroup: str = ""  # the node's memory cgroup, when it was given a memory limit
 
     def alive(self) -> bool:
         return bool(session_pids(self.pid))
@@ -102,10 +103,16 @@ class LocalCluster:
 
     # -- lifecycle ----------------------------------------------------------------------
     def up(
-        self, n_nodes: int, *, worker_resources: dict | None = None, timeout_s: float = 120.0
+        self,
+        n_nodes: int,
+        *,
+        worker_resources: dict | None = None,
+        worker_memory_mb: int | None = None,
+        timeout_s: float = 120.0,
     ) -> LocalCluster:
         """Start the head and ``n_nodes - 1`` worker nodes; ``worker_resources`` are extra
-        resources of every worker node (the head never has them)."""
+        resources of every worker node (the head never has them), ``worker_memory_mb``
+        each worker node's memory (a cgroup limit, see ``add_node``)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.token_path.exists():
             self.token_path.write_text(secrets.token_hex(32))
@@ -114,7 +121,9 @@ class LocalCluster:
         try:
             self.add_node(head=True, timeout_s=timeout_s)
             for _ in range(n_nodes - 1):
-                self.add_node(resources=worker_resources, timeout_s=timeout_s)
+                self.add_node(
+                    resources=worker_resources, memory_mb=worker_memory_mb, timeout_s=timeout_s
+                )
         except BaseException:
             self.down()
             raise
@@ -127,12 +136,17 @@ class LocalCluster:
         head: bool = False,
         resources: dict | None = None,
         private_dir: str | None = None,
+        memory_mb: int | None = None,
         timeout_s: float = 120.0,
     ) -> Node:
         """Start one more node (or the head); also how a lost node comes back.
 
         ``private_dir``: this node sees its own empty tmpfs there (a mount namespace), as a
-        machine whose disk the other nodes cannot see would."""
+        machine whose disk the other nodes cannot see would.
+        ``memory_mb``: the node's whole process tree (raylet, object store, workers) runs in
+        a memory cgroup of that limit, enforced by the kernel as a smaller machine's RAM
+        would be; Ray is told the same (``--memory``, a quarter of it for the object store).
+        """
         name = f"node{len(self.nodes)}" if not head else "node0"
         while name in self.nodes:
             name = f"node{int(name[4:]) + 1}"
@@ -160,6 +174,15 @@ class LocalCluster:
             ]
         else:
             cmd += [f"--address={self.address}"]
+        cgroup = ""
+        if memory_mb:
+            cgroup = memory_cgroup(f"genai-{name}-{os.getpid()}", memory_mb)
+            cmd += [
+                f"--memory={memory_mb << 20}",
+                f"--object-store-memory={memory_mb << 18}",
+            ]
+            # the shell joins the cgroup, then becomes the node: everything it starts is in it
+            cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
         if private_dir:
             # `unshare` and `exec` keep the pid: it still leads the node's session
             mount = f"mkdir -p {private_dir} && mount -t tmpfs genai-private {private_dir}"
@@ -191,7 +214,7 @@ class LocalCluster:
             proc = subprocess.Popen(
                 cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        node = Node(name=name, pid=proc.pid, temp_dir=temp_dir, log=str(log))
+        node = Node(name=name, pid=proc.pid, temp_dir=temp_dir, log=str(log), cgroup=cgroup)
         self.nodes[name] = node
         deadline = time.time() + timeout_s
         while READY not in log.read_text():
@@ -226,6 +249,9 @@ class LocalCluster:
         node = self.nodes.pop(name)
         _stop_session(node.pid, grace_s)
         shutil.rmtree(node.temp_dir, ignore_errors=True)
+        if node.cgroup:
+            with contextlib.suppress(OSError):  # busy only if a process escaped the stop
+                os.rmdir(node.cgroup)
         self._save()
 
     def down(self) -> None:
@@ -256,6 +282,55 @@ class LocalCluster:
         return c
 
 
+def memory_cgroup(name: str, limit_mb: int) -> str:
+    """A child of this process's own memory cgroup (v1 or v2), limited to ``limit_mb``."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            parent, limit_file = (
+                Path("/sys/fs/cgroup/memory") / path.lstrip("/"),
+                "memory.limit_in_bytes",
+            )
+            break
+    else:  # cgroup v2: one unified hierarchy
+        path = Path("/proc/self/cgroup").read_text().split("::", 1)[-1].strip()
+        parent, limit_file = Path("/sys/fs/cgroup") / path.lstrip("/"), "memory.max"
+    group = parent / name
+    try:
+        group.mkdir(exist_ok=True)
+        (group / limit_file).write_text(str(limit_mb << 20))
+    except OSError as e:
+        raise RuntimeError(
+            f"cannot create a memory cgroup at {group} ({e}): a memory-limited node needs "
+            "write access to the cgroup filesystem (root, or a delegated cgroup)"
+        ) from None
+    return str(group)
+
+
+def memory_stats(cgroup: str) -> dict[str, int]:
+    """What the kernel counted for a node's cgroup: ``limit``, ``peak`` (page cache
+    included), ``rss`` now, and ``oom_kills`` (processes it killed for memory)."""
+    g = Path(cgroup)
+    if (g / "memory.limit_in_bytes").exists():  # v1
+        stat = dict(line.split() for line in (g / "memory.stat").read_text().splitlines())
+        oom = dict(line.split() for line in (g / "memory.oom_control").read_text().splitlines())
+        return {
+            "limit": int((g / "memory.limit_in_bytes").read_text()),
+            "peak": int((g / "memory.max_usage_in_bytes").read_text()),
+            "rss": int(stat["total_rss"]) + int(stat.get("total_shmem", 0)),
+            "oom_kills": int(oom.get("oom_kill", 0)),
+        }
+    stat = dict(line.split() for line in (g / "memory.stat").read_text().splitlines())
+    events = dict(line.split() for line in (g / "memory.events").read_text().splitlines())
+    peak = g / "memory.peak"
+    return {
+        "limit": int((g / "memory.max").read_text()),
+        "peak": int(peak.read_text()) if peak.exists() else -1,
+        "rss": int(stat["anon"]) + int(stat.get("shmem", 0)),
+        "oom_kills": int(events.get("oom_kill", 0)),
+    }
+
+
 def _stop_session(sid: int, grace_s: float) -> None:
     """SIGTERM the node's ``ray start`` (it stops its own processes), then SIGKILL whatever
     of its session is left after ``grace_s``."""
@@ -278,6 +353,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("nodes", nargs="?", type=int, default=3, help="nodes, head included (up)")
     p.add_argument("--dir", default="runs/local-cluster", help="state, logs and auth token")
     p.add_argument("--cpus-per-node", type=int, default=1)
+    p.add_argument(
+        "--worker-memory-mb",
+        type=int,
+        help="each worker node's memory, enforced by the kernel (a cgroup; needs root)",
+    )
     args = p.parse_args(argv)
     state = Path(args.dir) / "cluster.json"
     if args.action == "up":
@@ -285,7 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"a cluster is already up ({state}); `down` it first", file=sys.stderr)
             return 1
         try:
-            c = LocalCluster(args.dir, cpus_per_node=args.cpus_per_node).up(args.nodes)
+            c = LocalCluster(args.dir, cpus_per_node=args.cpus_per_node).up(
+                args.nodes, worker_memory_mb=args.worker_memory_mb
+            )
         except RuntimeError as exc:
             print(f"cluster up failed: {str(exc).splitlines()[0]}", file=sys.stderr)
             return 1

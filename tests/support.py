@@ -87,3 +87,30 @@ def assert_self_contained(directory: Path) -> None:
     for key in ("classifier",):
         if key in meta["export"]:
             assert (inside / meta["export"][key]).is_file()
+
+
+def token_corpus(
+    directory: Path, sizes: list[int], vocab_size: int = 300, seed: int = 0
+) -> tuple[Path, Path]:
+    """A pre-tokenized corpus (``data.format: tokens``): a byte-level BPE tokenizer of
+    ``vocab_size`` and one Parquet file of random token ids per entry of ``sizes``.
+    Returns (the files' directory, the tokenizer's directory)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from genai.data.tokens import train_tokenizer
+
+    tok_dir, files = directory / "tokenizer", directory / "tokens"
+    files.mkdir(parents=True)
+    text = Path(__file__).read_text()
+    train_tokenizer([text] * 4, vocab_size).save_pretrained(tok_dir)
+    rng = np.random.default_rng(seed)
+    for i, n in enumerate(sizes):
+        ids = rng.integers(0, vocab_size, n, dtype=np.int32)
+        # plain int32 (no dictionary, no compression): as big on disk as in memory
+        table = pa.table({"tokens": ids})
+        pq.write_table(
+            table, files / f"part-{i:05d}.parquet", use_dictionary=False, compression="none"
+        )
+    return files, tok_dir

@@ -4,6 +4,8 @@ node, token auth on), started once for the module and stopped by pid:
 - job submission through the Jobs API: the working dir is shipped, the workers span two
   nodes, checkpoints commit; status, logs, stop and a failed job's error; no token, one line;
 - checkpoint.dir that is not shared by all nodes fails with the clear error;
+- a corpus larger than a memory-capped node (a kernel cgroup limit) trains through
+  data.streaming there, and a reader goes through all of it under the same cap;
 - a node lost mid-run (its raylet SIGKILLed): the LM (scaling.min_workers=1) shrinks to the
   remaining worker, re-sharding ZeRO-2 state; the GAN (fixed workers) waits for a node to
   come back and continues on it;
@@ -24,8 +26,9 @@ import pytest
 
 from genai import checkpoint as ckpt
 from genai.config import parse_job
-from genai.localcluster import LocalCluster, session_pids
+from genai.localcluster import LocalCluster, memory_stats, session_pids
 from tests.conftest import TINY, merge
+from tests.support import token_corpus
 from tests.test_images_e2e import GAN, _spec
 
 pytestmark = pytest.mark.e2e
@@ -240,6 +243,89 @@ def test_node_loss_gan_waits_for_a_node_and_continues_both_engines(cluster, tmp_
         tag = (final / "deepspeed" / engine / "latest").read_text().strip()
         assert tag == ckpt.step_name(30)
     assert "re-sharding" not in out
+
+
+CAP_MB = 2000  # the capped node's whole memory: Ray's own processes, object store, workers
+FILE_TOKENS = 16_000_000  # 64 MB of int32 per file
+N_FILES = 36  # 2.3 GB
+
+# Runs on the capped node: every micro-batch of the whole corpus, as a worker streams it
+READ_ALL = """
+import json, sys, time, ray
+ray.init(address=sys.argv[1])
+
+@ray.remote(resources={"capped": 1}, num_cpus=0)
+def read_all(shards):
+    from genai.data.stream import StreamSampler
+    s = StreamSampler(shards, 1024, 256, 1, 0, 1, 0)
+    t, n, anon = time.time(), 0, 0
+    for i in range(s.micro_per_epoch):
+        n += s.batch(i, 0).numel()
+        status = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines())
+        anon = max(anon, int(status["RssAnon"].split()[0]) >> 10)
+    s.close()
+    return {"tokens": n, "seconds": time.time() - t, "peak_anon_mb": anon}
+
+print(json.dumps(ray.get(read_all.remote(json.loads(sys.argv[2])))))
+"""
+
+
+def test_a_corpus_larger_than_the_nodes_memory_streams_through_it(cluster, tmp_path):
+    files, tok = token_corpus(tmp_path, [FILE_TOKENS] * N_FILES + [50_000], vocab_size=512)
+    corpus_mb = sum(f.stat().st_size for f in files.iterdir()) >> 20
+    assert corpus_mb > CAP_MB + 100  # plain int32 on disk: as big as in memory
+    try:
+        node = cluster.add_node(resources={"capped": 1}, memory_mb=CAP_MB)
+    except RuntimeError as exc:  # no writable cgroup filesystem here
+        pytest.skip(f"cannot cap a node's memory: {str(exc).splitlines()[-1]}")
+    try:
+        raw = merge(
+            TINY,
+            {
+                "name": "stream-capped",
+                "data": {
+                    "source": str(files),
+                    "format": "tokens",
+                    "include": ["*.parquet"],
+                    "tokenizer": {"path": str(tok)},
+                    "streaming": True,
+                    "val_fraction": 0.001,  # only the small file is held out
+                    "cache_dir": str(tmp_path / "cache"),
+                },
+                "deepspeed": {"precision": "fp32"},
+                "scaling": {"num_workers": 1, "resources_per_worker": {"capped": 1}},
+                "train": {"max_steps": 6, "max_failures": 0},
+                "checkpoint": {"dir": str(tmp_path / "ckpt")},
+            },
+        )
+        spec_path = tmp_path / "job.json"
+        spec_path.write_text(json.dumps(raw))
+        r = _genai(cluster, "train", str(spec_path), "--address", cluster.address, timeout=400)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert f"streaming {N_FILES} token shard(s)" in r.stdout
+        final = ckpt.find_latest(parse_job(raw).checkpoint_dir)
+        meta = ckpt.read_meta(final)
+        assert meta.step == 6 and meta.node_ids == [_node_id(cluster, node.name)]
+        # then the whole corpus, every micro-batch of it, through a reader on that node
+        shards = json.loads((next((tmp_path / "cache").glob("text-*")) / "meta.json").read_text())
+        r = subprocess.run(
+            [sys.executable, "-c", READ_ALL, cluster.address, json.dumps(shards["train_shards"])],
+            env=_env(cluster),
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        read = json.loads(r.stdout.strip().splitlines()[-1])
+        stats = memory_stats(node.cgroup)
+    finally:
+        cluster.stop_node(node.name)
+        shutil.rmtree(files)
+    print(f"corpus {corpus_mb} MB, node cap {CAP_MB} MB: {read}, cgroup {stats}")
+    assert read["tokens"] == (N_FILES * FILE_TOKENS // (1024 * 256)) * 1024 * 256
+    # the kernel enforced the cap and never had to kill for it
+    assert stats["limit"] == CAP_MB << 20 and stats["oom_kills"] == 0
+    assert read["peak_anon_mb"] < CAP_MB // 2
 
 
 def test_checkpoint_dir_not_shared_by_all_nodes_fails_clearly(cluster, tmp_path, corpus_dir):

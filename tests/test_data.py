@@ -13,6 +13,7 @@ from genai.config import DataSpec, SpecError
 from genai.data.batches import BlockSampler, eval_batches
 from genai.data.corpus import iter_documents, resolve_files
 from genai.data.tokens import prepare
+from tests.support import token_corpus
 
 
 def _spec(**kw) -> DataSpec:
@@ -74,6 +75,38 @@ def test_prepare_trains_tokenizer_caches_and_round_trips(tmp_path, corpus_dir):
         ).dir
         != data.dir
     )
+
+
+def test_a_pre_tokenized_corpus_is_read_in_place_with_whole_files_held_out(tmp_path):
+    files, tok = token_corpus(tmp_path, [5000, 5000, 1000, 5000, 5000])
+    spec = _spec(source=str(files), format="tokens", tokenizer={"path": str(tok)})
+    spec = spec.model_copy(update={"cache_dir": str(tmp_path / "cache")})
+    logs: list[str] = []
+    data = prepare(spec, log=logs.append)
+    assert any("pre-tokenized" in m for m in logs)
+    # 5% of 21,000 tokens: only the 1,000-token file fits the held-out budget
+    held_out = pq.read_table(files / "part-00002.parquet").column("tokens").to_numpy()
+    assert (data.load("val") == held_out).all()
+    shards = data.train_shards()
+    assert [p for p, _ in shards] == [files / f"part-0000{i}.parquet" for i in (0, 1, 3, 4)]
+    assert [n for _, n in shards] == [5000] * 4 and data.train_tokens == 20_000
+    assert data.vocab_size == 300 and data.val_bytes > 0
+    assert data.load("train").dtype == np.int32
+
+
+def test_bad_pre_tokenized_input_names_the_field(tmp_path):
+    files, tok = token_corpus(tmp_path, [2000, 2000])
+    kw = {"source": str(files), "format": "tokens", "cache_dir": str(tmp_path / "c")}
+    with pytest.raises(SpecError, match=r"data\.tokenizer\.path"):
+        prepare(_spec(**kw))
+    kw["tokenizer"] = {"path": str(tok)}
+    big = np.full(100, 300, np.int32)  # one past the vocabulary
+    pq.write_table(pa.table({"tokens": big}), files / "part-00009.parquet")
+    with pytest.raises(SpecError, match="outside the tokenizer's vocabulary of 300"):
+        prepare(_spec(**kw))
+    pq.write_table(pa.table({"ids": big}), files / "part-00009.parquet")
+    with pytest.raises(SpecError, match="no column 'tokens'"):
+        prepare(_spec(**kw))
 
 
 def test_sampler_is_a_function_of_step_and_ranks_are_disjoint():

@@ -40,7 +40,10 @@ def resolve_files(spec: DataSpec) -> list[Path]:
         if src.is_file():
             files = [src]
         elif src.is_dir():
-            files = [p for pattern in spec.include for p in src.rglob(pattern) if p.is_file()]
+            include = spec.include
+            if spec.format == "tokens" and "include" not in spec.model_fields_set:
+                include = ["*.parquet"]  # the default include is for source code
+            files = [p for pattern in include for p in src.rglob(pattern) if p.is_file()]
         else:
             files = [Path(p) for p in glob.glob(os.path.expanduser(spec.source), recursive=True)]
             files = [p for p in files if p.is_file()]

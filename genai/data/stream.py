@@ -110,19 +110,34 @@ class StreamSampler:
                 skip -= mine[first][1]
                 first += 1
             left = self.micro_per_epoch - k
-            buf = np.zeros(0, np.int32)
+            # A block is yielded from in place (views); only a micro-batch that straddles
+            # two blocks is copied: concatenating whole blocks made memory creep
+            carry = np.zeros(0, np.int32)  # the start of a straddling micro-batch
             for tokens in _ray_data_tokens([p for p, _ in mine[first:]]):
                 if skip:
                     cut = min(skip, len(tokens))
                     tokens, skip = tokens[cut:], skip - cut
-                buf = np.concatenate([buf, tokens]) if len(buf) else tokens
-                while len(buf) >= per_micro and left > 0:
-                    yield buf[:per_micro].reshape(self.micro_batch, self.seq_len)
-                    buf = buf[per_micro:]
-                    left -= 1
+                if len(carry):
+                    need = per_micro - len(carry)
+                    carry, tokens = np.concatenate([carry, tokens[:need]]), tokens[need:]
+                    if len(carry) < per_micro:
+                        continue
+                    yield carry.reshape(self.micro_batch, self.seq_len)
+                    carry, left = carry[:0], left - 1
+                whole = min(len(tokens) // per_micro, left)
+                for i in range(whole):
+                    yield tokens[i * per_micro : (i + 1) * per_micro].reshape(
+                        self.micro_batch, self.seq_len
+                    )
+                left -= whole
                 if left == 0:
                     break
+                carry = tokens[whole * per_micro :].copy()  # lets the block go
             epoch, k = epoch + 1, 0
+
+
+_BLOCK_BYTES = 8 << 20
+_INFLIGHT_BYTES = 64 << 20
 
 
 def _ray_data_tokens(paths: list[str]) -> Iterator[np.ndarray]:
@@ -133,10 +148,21 @@ def _ray_data_tokens(paths: list[str]) -> Iterator[np.ndarray]:
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # the data position must be exact
+    # Bounded memory: at most a few blocks in flight (Ray Data's default budget is a share
+    # of the whole cluster's object store), read on this worker's node where possible
+    ctx.execution_options.resource_limits = ray.data.ExecutionResources(
+        object_store_memory=_INFLIGHT_BYTES
+    )
+    ctx.execution_options.locality_with_output = True
+    # a big file is read as several small blocks, not one (Ray Data's default: up to 128 MB)
+    ctx.target_max_block_size = _BLOCK_BYTES
     ds = ray.data.read_parquet(
         paths,
         # reads are I/O: they must not wait for CPUs that the training workers hold
         num_cpus=0,
+        # ...and so nothing bounds how many run at once but this: each is a worker process
+        # (~80 MB) holding a shard; two keep the next shard coming while one is consumed
+        concurrency=2,
         override_num_blocks=len(paths),
         shuffle=None,
     ).select_columns(["tokens"])

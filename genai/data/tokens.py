@@ -6,6 +6,11 @@ the training tokens in shards of ``data.shard_tokens`` (streamed by Ray Data whe
 ``data.streaming`` is on), the held-out tokens in one file. A later run of the
 same spec over the same files reuses them.
 
+Pre-tokenized corpora (``data.format: tokens``: Parquet files of token ids, made by the
+tokenizer at ``data.tokenizer.path``) are not copied: the cache records their paths and
+token counts, from the Parquet footers, so a corpus far bigger than the driver's memory
+is prepared in seconds, and streamed from where it lies.
+
 The held-out split is made of whole documents (a source file, a JSONL record):
 no piece of a held-out file is ever trained on. Beside it, the cache records its
 size in UTF-8 bytes and what ``xz -9e`` makes of it, so a model's bits per byte
@@ -14,6 +19,7 @@ can be read against a general-purpose compressor on the very same text.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import lzma
@@ -21,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +39,11 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from genai.config import DataSpec
 from genai.data.corpus import iter_documents, resolve_files
+from genai.specbase import SpecError
 
 EOS = "<|endoftext|>"
 FORMAT_VERSION = 3
+_XZ_SAMPLE_TOKENS = 1 << 20  # xz -9e of more held-out text would take minutes
 _TOKENIZER_FILES = {"vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json"}
 
 
@@ -59,7 +68,8 @@ class TokenData:
         return _read_tokens(self.dir / f"{split}.parquet")
 
     def train_shards(self) -> list[tuple[Path, int]]:
-        """The training shards in order, with their token counts."""
+        """The training shards in order, with their token counts (a pre-tokenized corpus's
+        shards are its own files: absolute paths)."""
         meta = json.loads((self.dir / "meta.json").read_text())
         return [(self.dir / "train" / name, n) for name, n in meta["train_shards"]]
 
@@ -108,6 +118,8 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
         return _token_data(out)
 
     t0 = time.perf_counter()
+    if spec.format == "tokens":
+        return _import_tokens(spec, files, out, log)
     docs = list(iter_documents(files, spec))
     if len(docs) < 2:
         raise ValueError(
@@ -140,10 +152,7 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
             f"tokenizer at data.tokenizer.path={spec.tokenizer.path!r} has no eos token"
         )
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Write into a temporary sibling and rename: a crash never leaves a cache that looks complete.
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+    with _staged(out) as tmp:
         counts, shards = {}, []
         for split, split_docs in (("train", train_docs), ("val", val_docs)):
             ids = _encode(tokenizer, split_docs, eos_id)
@@ -173,6 +182,21 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
             "spec": spec.model_dump(mode="json"),
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    log(
+        f"data: tokenized {counts['train']:,} train + {counts['val']:,} val tokens "
+        f"(vocab {len(tokenizer)}) in {time.perf_counter() - t0:.1f}s -> {out}"
+    )
+    return _token_data(out)
+
+
+@contextlib.contextmanager
+def _staged(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to write into, renamed to ``out`` when the block
+    ends: a crash never leaves a cache that looks complete."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        yield tmp
         try:
             os.rename(tmp, out)
         except OSError:
@@ -182,11 +206,86 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _import_tokens(spec: DataSpec, files: list[Path], out: Path, log) -> TokenData:
+    """Record a pre-tokenized corpus: its files are the training shards, in place; whole
+    files are held out (as documents are for text)."""
+    if not spec.tokenizer.path:
+        raise SpecError(
+            "data.tokenizer.path: pre-tokenized data (data.format: tokens) needs the local "
+            "tokenizer that made it"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer.path, local_files_only=True)
+    if tokenizer.eos_token_id is None:
+        raise SpecError(
+            f"data.tokenizer.path={spec.tokenizer.path!r}: the tokenizer has no eos token"
+        )
+    counts = [_count_tokens(p, len(tokenizer)) for p in files]
+    if len(files) < 2:
+        raise SpecError(
+            f"data.source {spec.source!r} holds {len(files)} token file(s); the held-out split "
+            "is made of whole files, so it needs at least two"
+        )
+    order = np.random.default_rng(spec.seed).permutation(len(files))
+    budget, val_idx = spec.val_fraction * sum(counts), []
+    for i in order:
+        if counts[i] <= budget:
+            val_idx.append(int(i))
+            budget -= counts[i]
+    if not val_idx:  # every file is bigger than the budget: hold out the smallest
+        val_idx.append(int(np.argmin(counts)))
+    val = np.concatenate([_read_tokens(files[i]) for i in sorted(val_idx)])
+    shards = [[str(files[i].absolute()), counts[i]] for i in range(len(files)) if i not in val_idx]
+    token_bytes = token_byte_lengths(tokenizer)
+    # the compressor's bits per byte on (a prefix of) the held-out text, decoded
+    sample = tokenizer.decode(val[:_XZ_SAMPLE_TOKENS].tolist()).encode("utf-8", "replace")
+    xz = lzma.compress(sample, preset=9 | lzma.PRESET_EXTREME)
+    with _staged(out) as tmp:
+        pq.write_table(pa.table({"tokens": val}), tmp / "val.parquet")
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        meta = {
+            "format": FORMAT_VERSION,
+            "train_tokens": sum(n for _, n in shards),
+            "val_tokens": len(val),
+            "train_shards": shards,
+            "vocab_size": len(tokenizer),
+            "eos_id": tokenizer.eos_token_id,
+            "documents": {"train": len(shards), "val": len(val_idx)},
+            "val_bytes": int(token_bytes[val].sum()),
+            "xz_bpb": 8 * len(xz) / max(1, len(sample)),
+            "spec": spec.model_dump(mode="json"),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
     log(
-        f"data: tokenized {counts['train']:,} train + {counts['val']:,} val tokens "
-        f"(vocab {len(tokenizer)}) in {time.perf_counter() - t0:.1f}s -> {out}"
+        f"data: {len(files)} pre-tokenized files, {meta['train_tokens']:,} train tokens "
+        f"(streamed in place) + {len(val):,} held-out tokens from {len(val_idx)} file(s) "
+        f"-> {out}"
     )
     return _token_data(out)
+
+
+def _count_tokens(path: Path, vocab_size: int) -> int:
+    """A token file's token count, from its footer; its ids checked against the vocabulary
+    by the footer's statistics (where the writer kept them) rather than by reading it."""
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # pyarrow raises several kinds for a bad file
+        raise SpecError(f"{path}: not a Parquet file (data.format=tokens): {e}") from None
+    names = meta.schema.to_arrow_schema().names
+    if "tokens" not in names:
+        raise SpecError(f"{path}: no column 'tokens' (data.format=tokens; columns: {names})")
+    col = names.index("tokens")
+    if not pa.types.is_integer(meta.schema.to_arrow_schema().field(col).type):
+        raise SpecError(f"{path}: column 'tokens' must hold integer token ids (data.format=tokens)")
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(col).statistics
+        if stats is not None and stats.has_min_max and not 0 <= stats.min <= stats.max < vocab_size:
+            raise SpecError(
+                f"{path}: token ids {stats.min}..{stats.max} outside the tokenizer's "
+                f"vocabulary of {vocab_size} (data.tokenizer.path)"
+            )
+    return meta.num_rows
 
 
 def _encode(tokenizer: PreTrainedTokenizerFast, docs: list[str], eos_id: int) -> np.ndarray:
@@ -199,7 +298,12 @@ def _encode(tokenizer: PreTrainedTokenizerFast, docs: list[str], eos_id: int) ->
 
 
 def _read_tokens(path: Path) -> np.ndarray:
-    return pq.read_table(path).column("tokens").to_numpy()
+    return (
+        pq.read_table(path, columns=["tokens"])
+        .column("tokens")
+        .to_numpy()
+        .astype(np.int32, copy=False)
+    )
 
 
 def _token_data(out: Path) -> TokenData:

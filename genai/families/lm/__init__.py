@@ -57,7 +57,11 @@ class DataSpec(Section):
 
     kind: Literal["text"] = "text"
     source: str = Field("stdlib", description="'stdlib', a file, a directory or a glob")
-    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
+    format: Literal["auto", "text", "jsonl", "parquet", "tokens"] = Field(
+        "auto",
+        description="'tokens': Parquet files already tokenized (an integer column 'tokens', "
+        "one token per row) with data.tokenizer.path; read in place, never re-tokenized",
+    )
     text_field: str = Field("text", description="JSONL key / Parquet column holding the text")
     include: list[str] = Field(
         default_factory=lambda: ["*.py"], description="globs for directory sources"
