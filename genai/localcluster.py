@@ -249,9 +249,17 @@ class LocalCluster:
         node = self.nodes.pop(name)
         _stop_session(node.pid, grace_s)
         shutil.rmtree(node.temp_dir, ignore_errors=True)
+        with contextlib.suppress(ChildProcessError):  # reap it if it is our child: a
+            os.waitpid(node.pid, os.WNOHANG)  # zombie would keep its cgroup busy
         if node.cgroup:
-            with contextlib.suppress(OSError):  # busy only if a process escaped the stop
-                os.rmdir(node.cgroup)
+            for _ in range(50):
+                try:
+                    os.rmdir(node.cgroup)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:  # busy until the kernel has let go of its last process
+                    time.sleep(0.1)
         self._save()
 
     def down(self) -> None:
