@@ -252,7 +252,7 @@ N_FILES = 36  # 2.3 GB
 # Runs on the capped node: every micro-batch of the whole corpus, as a worker streams it
 READ_ALL = """
 import json, sys, time, ray
-ray.init(address=sys.argv[1])
+ray.init(address=sys.argv[1], log_to_driver=False)
 
 @ray.remote(resources={"capped": 1}, num_cpus=0)
 def read_all(shards):
@@ -266,7 +266,7 @@ def read_all(shards):
     s.close()
     return {"tokens": n, "seconds": time.time() - t, "peak_anon_mb": anon}
 
-print(json.dumps(ray.get(read_all.remote(json.loads(sys.argv[2])))))
+print("READ_ALL", json.dumps(ray.get(read_all.remote(json.loads(sys.argv[2])))))
 """
 
 
@@ -316,7 +316,8 @@ def test_a_corpus_larger_than_the_nodes_memory_streams_through_it(cluster, tmp_p
             timeout=400,
         )
         assert r.returncode == 0, r.stderr[-3000:]
-        read = json.loads(r.stdout.strip().splitlines()[-1])
+        # (the raylet may print warnings to stdout too)
+        read = json.loads(next(x for x in r.stdout.splitlines() if x.startswith("READ_ALL "))[9:])
         stats = memory_stats(node.cgroup)
     finally:
         cluster.stop_node(node.name)
