@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.train_throughput import time_genai_train  # noqa: E402
 
 PEAK_FLOPS = 989e12
 EOS = "<|endoftext|>"
@@ -124,24 +125,7 @@ def run_genai(spec: dict, workdir: Path, files: Path, tok: Path, steps: int, gpu
     job["checkpoint"] = {"dir": str(workdir / "ckpt"), "every_steps": 0, "keep": 1}
     path = workdir / "job.json"
     path.write_text(json.dumps(job))
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genai.cli", "train", str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    first, rates, tail = None, [], []
-    for line in proc.stdout:
-        tail = [*tail[-40:], line]
-        if first is None and "first step done" in line:
-            first = time.perf_counter() - t0
-        if "tok/s" in line and "] step " in line:
-            rates.append(float(line.rsplit(" tok/s", 1)[0].rsplit(" ", 1)[-1].replace(",", "")))
-    if proc.wait() != 0:
-        raise RuntimeError("genai row failed:\n" + "".join(tail))
-    return {"first_step_s": first, "tokens_per_s": statistics.median(rates[1:] or rates)}
+    return time_genai_train(path)
 
 
 def plain(spec: dict, vocab_size: int, steps: int, compiled: bool, t0: float) -> None:

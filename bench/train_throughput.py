@@ -53,9 +53,9 @@ def job(stage: int, steps: int, precision: str, root: Path) -> dict:
     }
 
 
-def run_genai(stage: int, steps: int, precision: str, root: Path) -> dict:
-    spec = root / f"z{stage}-{precision}.json"
-    spec.write_text(json.dumps(job(stage, steps, precision, root)))
+def time_genai_train(spec: Path) -> dict:
+    """Run ``genai train SPEC`` as its own command: command -> first step, and the median
+    tokens/s over the log windows after the first (shared with bench/gpu_train.py)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "genai.cli", "train", str(spec)],
@@ -64,20 +64,26 @@ def run_genai(stage: int, steps: int, precision: str, root: Path) -> dict:
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    first = None
-    rates = []
+    first, rates, tail = None, [], []
     for line in proc.stdout:
+        tail = [*tail[-40:], line]
         if first is None and "first step done" in line:
             first = time.perf_counter() - t0
         if "tok/s" in line and "] step " in line:
             rates.append(float(line.rsplit(" tok/s", 1)[0].rsplit(" ", 1)[-1].replace(",", "")))
     if proc.wait() != 0:
-        raise RuntimeError(f"genai run ZeRO-{stage} failed")
+        raise RuntimeError(f"genai train {spec} failed:\n" + "".join(tail))
     return {
         "first_step_s": first,
         "tokens_per_s": statistics.median(rates[1:] or rates),
         "windows": len(rates),
     }
+
+
+def run_genai(stage: int, steps: int, precision: str, root: Path) -> dict:
+    spec = root / f"z{stage}-{precision}.json"
+    spec.write_text(json.dumps(job(stage, steps, precision, root)))
+    return time_genai_train(spec)
 
 
 def baseline(steps: int, precision: str, t0: float) -> None:

@@ -128,16 +128,7 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
         )
     # Whole documents, in a seeded order, until val_fraction of the text; a document that
     # would overshoot the rest of the budget is passed over (one big file cannot swallow it)
-    order = np.random.default_rng(spec.seed).permutation(len(docs))
-    budget, val_idx = spec.val_fraction * sum(map(len, docs)), set()
-    for i in order:
-        if budget <= 0:
-            break
-        if len(docs[i]) <= budget:
-            val_idx.add(int(i))
-            budget -= len(docs[i])
-    if not val_idx:  # every document is bigger than the budget: hold out the smallest
-        val_idx.add(int(np.argmin([len(d) for d in docs])))
+    order, val_idx = _hold_out([len(d) for d in docs], spec.val_fraction, spec.seed)
     val_docs = [docs[i] for i in sorted(val_idx)]
     train_docs = [docs[i] for i in order if int(i) not in val_idx]
     log(f"data: {len(files)} files, {len(docs)} documents, {sum(map(len, docs)) / 1e6:.1f}M chars")
@@ -189,6 +180,23 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
     return _token_data(out)
 
 
+def _hold_out(sizes: list[int], fraction: float, seed: int) -> tuple[np.ndarray, set[int]]:
+    """A seeded order of the items, and the whole items held out from it: taken in that
+    order until ``fraction`` of the total size, an item that would overshoot the rest of
+    the budget passed over (one big item cannot swallow it); if none fits, the smallest."""
+    order = np.random.default_rng(seed).permutation(len(sizes))
+    budget, held = fraction * sum(sizes), set()
+    for i in order:
+        if budget <= 0:
+            break
+        if sizes[i] <= budget:
+            held.add(int(i))
+            budget -= sizes[i]
+    if not held:
+        held.add(int(np.argmin(sizes)))
+    return order, held
+
+
 @contextlib.contextmanager
 def _staged(out: Path) -> Iterator[Path]:
     """A temporary sibling of ``out`` to write into, renamed to ``out`` when the block
@@ -227,14 +235,7 @@ def _import_tokens(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
             f"data.source {spec.source!r} holds {len(files)} token file(s); the held-out split "
             "is made of whole files, so it needs at least two"
         )
-    order = np.random.default_rng(spec.seed).permutation(len(files))
-    budget, val_idx = spec.val_fraction * sum(counts), []
-    for i in order:
-        if counts[i] <= budget:
-            val_idx.append(int(i))
-            budget -= counts[i]
-    if not val_idx:  # every file is bigger than the budget: hold out the smallest
-        val_idx.append(int(np.argmin(counts)))
+    _, val_idx = _hold_out(counts, spec.val_fraction, spec.seed)
     val = np.concatenate([_read_tokens(files[i]) for i in sorted(val_idx)])
     shards = [[str(files[i].absolute()), counts[i]] for i in range(len(files)) if i not in val_idx]
     token_bytes = token_byte_lengths(tokenizer)
