@@ -67,6 +67,7 @@ def _scheduler(sweep: Sweep):
             hyperparam_mutations={k: d.to_tune() for k, d in sweep.spec.space.items()},
             quantile_fraction=s.quantile_fraction,
             resample_probability=s.resample_probability,
+            synch=s.synch,
         )
     return FIFOScheduler()
 

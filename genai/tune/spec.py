@@ -119,6 +119,14 @@ class SchedulerSpec(Section):
     resample_probability: float = Field(
         0.25, ge=0.0, le=1.0, description="pbt: chance to resample from the space, else perturb"
     )
+    synch: bool = Field(
+        False,
+        description=(
+            "pbt: every trial waits at each perturbation point, so the weakest always copies "
+            "the strongest; asynchronous (the default) decides as each trial arrives, and a "
+            "trial arriving before the others have a score is neither copied nor copies"
+        ),
+    )
 
 
 class SweepSpec(Section):
