@@ -162,10 +162,12 @@ def test_pbt_exploit_continues_from_another_trials_checkpoint(
             },
             "max_concurrent_trials": 2,
         },
+        # two segments: the exploit at step 4, then the exploited trial goes on to step 8
+        train={"max_steps": 8},
     )
     result, _ = _run(path)
     rows = result.rows
-    assert len(rows) == 2 and all(r.status == "DONE" and r.steps == 12 for r in rows)
+    assert len(rows) == 2 and all(r.status == "DONE" and r.steps == 8 for r in rows)
     # PBT's own record of each exploit: [target tag, donor tag, iterations, old, new config]
     experiment = tmp_path / "out" / "tune" / "sweep"
     exploits = [json.loads(x) for x in (experiment / "pbt_global.txt").read_text().splitlines()]
@@ -174,11 +176,9 @@ def test_pbt_exploit_continues_from_another_trials_checkpoint(
         r.trial_id: ckpt.read_meta(ckpt.find_latest(tmp_path / "out" / "trials" / r.trial_id))
         for r in rows
     }
-    assert all(
-        m.step == 12 and [h["step"] for h in m.history] == [0, 4, 8, 12] for m in metas.values()
-    )
+    assert all(m.step == 8 and [h["step"] for h in m.history] == [0, 4, 8] for m in metas.values())
     # the exploited trial's checkpoints continue the donor's: its history holds the donor's
-    # evaluation at the exploit step (the weights it continued from), then goes on to step 12
+    # evaluation at the exploit step (the weights it continued from), then goes on to step 8
     ma, mb = metas.values()
     shared = [
         h["step"] for h, g in zip(ma.history, mb.history, strict=True) if h == g and h["step"] > 0
@@ -191,7 +191,7 @@ def test_pbt_exploit_continues_from_another_trials_checkpoint(
     exploited = [m for m in metas.values() if m.spec["train"]["lr"] in new_lrs]
     assert exploited
     for m in exploited:
-        factor = lr_lambda(TrainSpec(**m.spec["train"]))(12)
+        factor = lr_lambda(TrainSpec(**m.spec["train"]))(8)
         assert m.metrics["lr"] == pytest.approx(m.spec["train"]["lr"] * factor, rel=1e-5)
 
 
