@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, create_model, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from genai.families import FAMILIES
 from genai.families.gan import GANModelSpec, GANSpec
@@ -281,6 +281,12 @@ class GenerationLogSpec(Section):
         300.0, gt=0, description="close a file after this long (a kill loses at most this)"
     )
     rotate_mb: float = Field(64.0, gt=0, description="close a file once it is this large")
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (in a file or `--set generation_log.mode=off`) as false
+        return "off" if value is False else value
 
 
 class GatewaySpec(Section):

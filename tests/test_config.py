@@ -146,3 +146,10 @@ def test_serve_config_errors_are_prefixed():
         load_serve(None, ["autoscaling.min_replicas=3", "autoscaling.max_replicas=2"])
     with pytest.raises(SpecError, match="serve.port must be <= 65535"):
         load_serve(None, ["port=70000"])
+
+
+def test_a_bare_off_in_yaml_is_the_off_mode():
+    # YAML 1.1 reads `off` as false; the generation log's mode means the word
+    assert load_serve(None, ["generation_log.mode=off"]).generation_log.mode == "off"
+    with pytest.raises(SpecError, match="serve.generation_log.mode must be one of"):
+        load_serve(None, ["generation_log.mode=true"])
