@@ -1,9 +1,16 @@
 """GPU training throughput and MFU: genai's path (`genai train`: Ray Train + DeepSpeed) on
 jobs/lm-gpt2-small.yaml's shape against plain PyTorch eager and plain PyTorch +
-torch.compile on the same shape, one GPU, side by side in one run.
+torch.compile on the same shape, one GPU, side by side in one run; then the GAN and VAE
+specs against plain PyTorch loops (images/s), and `genai serve` of the trained LM and GAN
+on the GPU against a plain FastAPI + uvicorn server (completions/s at c=32, images/s).
 
-    python bench/gpu_train.py                  # on a GPU machine: ~6 min after install
-    python bench/gpu_train.py --smoke          # a tiny shape on the CPU: checks the plumbing
+    python bench/gpu_train.py                  # on a GPU machine: ~8 min after install
+    python bench/gpu_train.py --smoke          # tiny shapes on the CPU: checks the plumbing
+    python bench/gpu_train.py --rows eager compile genai     # the LM rows only
+
+Rows (--rows, in this order): eager, compile, genai (cold: the first genai command on
+the machine), genai-warm (the same command again: what the caches buy), gan-plain, gan,
+vae-plain, vae, serve (needs the genai and gan rows' checkpoints), serve-plain.
 
 Data: random token ids (as GPU.md's reference rows), written as a pre-tokenized corpus
 (`data.format: tokens`, streamed) with a synthetic tokenizer of GPT-2's vocabulary size,
@@ -39,6 +46,20 @@ from bench.train_throughput import time_genai_train  # noqa: E402
 
 PEAK_FLOPS = 989e12
 EOS = "<|endoftext|>"
+ROWS = [
+    "eager",
+    "compile",
+    "genai",
+    "genai-warm",
+    "gan-plain",
+    "gan",
+    "vae-plain",
+    "vae",
+    "serve",
+    "serve-plain",
+]
+IMAGE_JOBS = {"gan": "gan-digits.yaml", "vae": "vae-digits.yaml"}
+SERVE_CONCURRENCY, IMAGES_PER_REQUEST = 32, 16
 
 
 def shape(smoke: bool) -> dict:
@@ -102,30 +123,53 @@ def count_params(spec: dict, vocab_size: int) -> int:
     return sum(p.numel() for p in model.parameters()) - pos
 
 
-def run_genai(spec: dict, workdir: Path, files: Path, tok: Path, steps: int, gpu: bool) -> dict:
+def run_job(job: dict, workdir: Path, steps: int, gpu: bool) -> dict:
+    """``genai train`` of ``job`` on one worker (one GPU), as its own command; the checkpoint
+    it leaves (the last step's) is in the result's ``checkpoint``."""
+    job = json.loads(json.dumps(job))
+    job["train"].update(
+        max_steps=steps,
+        warmup_steps=min(job["train"].get("warmup_steps", 0), steps // 4),
+        log_every=10,
+        eval_every=10**6,  # the last step still evaluates (and checkpoints)
+    )
+    job["scaling"].update(num_workers=1, use_gpu=gpu, cpus_per_worker=4 if gpu else 1)
+    root = workdir / "ckpt" / job["name"]
+    job["checkpoint"] = {"dir": str(root), "every_steps": 0, "keep": 1}
+    path = workdir / f"{job['name']}.json"
+    path.write_text(json.dumps(job))
+    return {**time_genai_train(path), "checkpoint": str(root / "latest")}
+
+
+def lm_job(spec: dict, workdir: Path, name: str, steps: int) -> dict:
+    """The LM spec reading a random pre-tokenized corpus (written once per run)."""
+    vocab = spec["data"]["tokenizer"]["vocab_size"]
+    if not (workdir / "tok").exists():
+        synthetic_tokenizer(vocab, workdir / "tok")
+        t = spec["train"]
+        per_step = t["micro_batch_size"] * t["grad_accum_steps"] * spec["data"]["seq_len"]
+        random_corpus(workdir, vocab, steps * per_step)
     job = json.loads(json.dumps(spec))
-    job["name"] = "bench-gpu"
+    job["name"] = name
     job["data"].update(
-        source=str(files),
+        source=str(workdir / "tokens"),
         format="tokens",
         include=["*.parquet"],
-        tokenizer={"path": str(tok)},
+        tokenizer={"path": str(workdir / "tok")},
         streaming=True,
         val_fraction=0.001,  # the small file
         cache_dir=str(workdir / "cache"),
     )
-    job["train"].update(
-        max_steps=steps,
-        warmup_steps=min(job["train"]["warmup_steps"], steps // 4),
-        log_every=10,
-        eval_every=10**6,
-        eval_batches=1,
-    )
-    job["scaling"].update(num_workers=1, use_gpu=gpu, cpus_per_worker=4 if gpu else 1)
-    job["checkpoint"] = {"dir": str(workdir / "ckpt"), "every_steps": 0, "keep": 1}
-    path = workdir / "job.json"
-    path.write_text(json.dumps(job))
-    return time_genai_train(path)
+    job["train"]["eval_batches"] = 1
+    return job
+
+
+def image_job(family: str, gpu: bool) -> dict:
+    """jobs/gan-digits.yaml or jobs/vae-digits.yaml, in bf16 on the GPU."""
+    job = yaml.safe_load((ROOT / "jobs" / IMAGE_JOBS[family]).read_text())
+    job["name"] = f"bench-gpu-{family}"
+    job["deepspeed"]["precision"] = "bf16" if gpu else "fp32"
+    return job
 
 
 def plain(spec: dict, vocab_size: int, steps: int, compiled: bool, t0: float) -> None:
@@ -145,8 +189,8 @@ def plain(spec: dict, vocab_size: int, steps: int, compiled: bool, t0: float) ->
     micro, accum = spec["train"]["micro_batch_size"], spec["train"]["grad_accum_steps"]
     seq = spec["data"]["seq_len"]
     gen = torch.Generator(device=device).manual_seed(0)
-    first, rates, window = None, [], time.perf_counter()
-    for step in range(steps):
+
+    def step() -> None:
         for _ in range(accum):
             ids = torch.randint(0, vocab_size, (micro, seq), device=device, generator=gen)
             with torch.autocast(device, dtype=torch.bfloat16, enabled=cuda):
@@ -155,41 +199,191 @@ def plain(spec: dict, vocab_size: int, steps: int, compiled: bool, t0: float) ->
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+
+    _timed(step, steps, micro * accum * seq, "tokens_per_s", cuda, t0)
+
+
+def plain_images(family: str, steps: int, t0: float) -> None:
+    """Plain PyTorch loop of the GAN (D step on [real; fake], then G step through frozen D)
+    or the VAE (ELBO), the same models and batch as the spec, bf16 autocast on CUDA, random
+    images. Prints one JSON line."""
+    import torch
+
+    from genai.config import parse_job
+    from genai.models.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
+    from genai.models.vae import VAE, VAEConfig
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    spec = parse_job(image_job(family, cuda))
+    m, n = spec.model, spec.train.micro_batch_size
+    shape = (n, m.channels, m.image_size, m.image_size)
+    torch.manual_seed(0)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=cuda)
+    if family == "gan":
+        cfg = GANConfig(**m.model_dump(exclude={"family"}))
+        gen, disc = Generator(cfg).to(device), Discriminator(cfg).to(device)
+        betas = (spec.gan.beta1, spec.gan.beta2)
+        opt_g = torch.optim.Adam(gen.parameters(), lr=spec.gan.g_lr, betas=betas, fused=cuda)
+        opt_d = torch.optim.Adam(disc.parameters(), lr=spec.gan.d_lr, betas=betas, fused=cuda)
+
+        def labels() -> torch.Tensor | None:
+            return (
+                torch.randint(0, cfg.num_classes, (n,), device=device) if cfg.conditional else None
+            )
+
+        def step() -> None:
+            real, y, fy = torch.rand(shape, device=device) * 2 - 1, labels(), labels()
+            z = torch.randn(n, cfg.latent_dim, device=device)
+            with autocast:
+                with torch.no_grad():
+                    fake = gen(z, fy)
+                both = None if y is None else torch.cat([y, fy])
+                logits = disc(torch.cat([real, fake]), both)
+                loss = d_loss(logits[:n], logits[n:], spec.gan.loss)
+            loss.backward()
+            opt_d.step()
+            opt_d.zero_grad(set_to_none=True)
+            disc.requires_grad_(False)
+            fy = labels()
+            with autocast:
+                loss = g_loss(
+                    disc(gen(torch.randn(n, cfg.latent_dim, device=device), fy), fy), spec.gan.loss
+                )
+            loss.backward()
+            opt_g.step()
+            opt_g.zero_grad(set_to_none=True)
+            disc.requires_grad_(True)
+
+    else:
+        vae = VAE(VAEConfig(**m.model_dump(exclude={"family"}))).to(device)
+        opt = torch.optim.AdamW(vae.parameters(), lr=spec.train.lr, weight_decay=0.0, fused=cuda)
+
+        def step() -> None:
+            with autocast:
+                out = vae(torch.rand(shape, device=device))
+                loss = (out["recon"] + out["kl"]).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    _timed(step, steps, n, "images_per_s", cuda, t0)
+
+
+def _timed(step, steps: int, items: int, key: str, cuda: bool, t0: float) -> None:
+    """Run ``step`` ``steps`` times; print command -> first step and the median items/s
+    over 10-step windows after the first, as one JSON line."""
+    import torch
+
+    first, rates, window = None, [], time.perf_counter()
+    for i in range(steps):
+        step()
         if first is None:
             if cuda:
                 torch.cuda.synchronize()
             first = time.time() - t0
-        if (step + 1) % 10 == 0:
+        if (i + 1) % 10 == 0:
             if cuda:
                 torch.cuda.synchronize()
-            rates.append(10 * micro * accum * seq / (time.perf_counter() - window))
+            rates.append(10 * items / (time.perf_counter() - window))
             window = time.perf_counter()
-    print(
-        json.dumps({"first_step_s": first, "tokens_per_s": statistics.median(rates[1:] or rates)})
-    )
+    print(json.dumps({"first_step_s": first, key: statistics.median(rates[1:] or rates)}))
 
 
-def run_plain(args: argparse.Namespace, compiled: bool) -> dict:
-    cmd = [sys.executable, __file__, "--plain", "compile" if compiled else "eager"]
+def run_plain(args: argparse.Namespace, kind: str) -> dict:
+    """A plain row (eager, compile, gan, vae) as its own command."""
+    cmd = [sys.executable, __file__, "--plain", kind]
     cmd += ["--steps", str(args.steps), "--t0", repr(time.time())]
     cmd += ["--smoke"] if args.smoke else []
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(f"plain row failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"plain {kind} row failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_serve(
+    lm: str, gan: str, gpu: bool, plain_server: bool, seconds: float, max_tokens: int
+) -> dict:
+    """Completions/s at c=32 (``max_tokens`` new tokens each: 64) and images/s (16 a request, c=32) from one
+    server holding both checkpoints: ``genai serve`` (a replica with half the GPU), or the
+    plain FastAPI + uvicorn server of bench/plain_server.py (mode A) on the same device."""
+    from bench.serve_throughput import PROMPTS, Server, _free_port, load
+
+    port = _free_port()
+    if plain_server:
+        cmd = [sys.executable, "-m", "uvicorn", "bench.plain_server:app", "--port", str(port)]
+        cmd += ["--no-access-log", "--log-level", "warning", "--timeout-keep-alive", "300"]
+        env = {"PLAIN_MODE": "A", "PLAIN_LM": lm, "PLAIN_GAN": gan}
+        env["PLAIN_DEVICE"] = "cuda" if gpu else "cpu"
+    else:
+        cmd = [sys.executable, "-m", "genai.cli", "serve", lm, gan, "--config", "serve/lm.yaml"]
+        cmd += ["--port", str(port), "--set", "generation_log.mode=off"]
+        if gpu:
+            cmd += ["--set", "num_gpus=0.5", "--set", "num_cpus=2"]
+        env = {"PYTHONUNBUFFERED": "1"}
+    lm_name, gan_name = (json.loads((Path(p) / "meta.json").read_text())["name"] for p in (lm, gan))
+    completions = [
+        {"model": lm_name, "prompt": pr, "max_tokens": max_tokens, "temperature": 1.0, "seed": i}
+        for i, pr in enumerate(PROMPTS)
+    ]
+    images = [
+        {"model": gan_name, "prompt": "", "n": IMAGES_PER_REQUEST, "seed": i} for i in range(8)
+    ]
+    t0 = time.perf_counter()
+    with Server("plain" if plain_server else "genai", cmd, env, port) as server:
+        up = time.perf_counter() - t0
+        c = SERVE_CONCURRENCY
+        load(f"{server.url}/v1/completions", completions, c, seconds / 3)  # warm-up
+        text = load(f"{server.url}/v1/completions", completions, c, seconds)
+        load(f"{server.url}/v1/images/generations", images, c, seconds / 3)
+        pics = load(f"{server.url}/v1/images/generations", images, c, seconds)
+    return {
+        "up_s": up,
+        "completions_per_s": text["req_s"],
+        "completion_p50_ms": text["p50_ms"],
+        "completion_errors": text["errors"],
+        "images_per_s": pics["req_s"] * IMAGES_PER_REQUEST,
+        "image_errors": pics["errors"],
+    }
+
+
+def run_row(
+    row: str, args: argparse.Namespace, spec: dict, work: Path, gpu: bool, done: dict
+) -> dict:
+    if row in ("eager", "compile"):
+        return run_plain(args, row)
+    if row in ("gan-plain", "vae-plain"):
+        return run_plain(args, row.split("-")[0])
+    if row in ("genai", "genai-warm"):
+        return run_job(lm_job(spec, work, f"bench-gpu-{row}", args.steps), work, args.steps, gpu)
+    if row in IMAGE_JOBS:
+        return run_job(image_job(row, gpu), work, args.steps, gpu)
+    lm = (done.get("genai") or done.get("genai-warm") or {}).get("checkpoint")
+    gan = done.get("gan", {}).get("checkpoint")
+    if not (lm and gan):
+        raise RuntimeError(
+            f"{row} serves the checkpoints of the genai and gan rows: run them first"
+        )
+    # 64 new tokens, or what the smoke shape's context leaves after a prompt
+    max_tokens = min(64, spec["model"]["max_position"] // 2)
+    return run_serve(lm, gan, gpu, row == "serve-plain", args.serve_seconds, max_tokens)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--smoke", action="store_true", help="tiny shape on the CPU")
-    p.add_argument("--rows", nargs="*", default=["eager", "compile", "genai"])
-    p.add_argument("--plain", choices=["eager", "compile"], help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU")
+    p.add_argument("--serve-seconds", type=float, default=15.0, help="load per serving measure")
+    p.add_argument("--rows", nargs="*", default=ROWS, choices=ROWS)
+    p.add_argument("--plain", choices=["eager", "compile", "gan", "vae"], help=argparse.SUPPRESS)
     p.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     p.add_argument("--out", default="runs/bench/gpu_train.json")
     args = p.parse_args()
     spec = shape(args.smoke)
     vocab = spec["data"]["tokenizer"]["vocab_size"]
+    if args.plain in ("gan", "vae"):
+        plain_images(args.plain, args.steps, args.t0 or time.time())
+        return 0
     if args.plain:
         plain(spec, vocab, args.steps, args.plain == "compile", args.t0 or time.time())
         return 0
@@ -210,19 +404,13 @@ def main() -> int:
     )
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="genai-gpu-bench-") as tmp:
-        work = Path(tmp)
         for row in args.rows:
+            t0 = time.perf_counter()
             try:
-                if row == "genai":
-                    synthetic_tokenizer(vocab, work / "tok")
-                    tokens = args.steps * spec["train"]["micro_batch_size"]
-                    tokens *= spec["train"]["grad_accum_steps"] * spec["data"]["seq_len"]
-                    files = random_corpus(work, vocab, tokens)
-                    res = run_genai(spec, work, files, work / "tok", args.steps, gpu)
-                else:
-                    res = run_plain(args, compiled=row == "compile")
+                res = run_row(row, args, spec, Path(tmp), gpu, rows)
             except RuntimeError as exc:
                 res = {"error": str(exc)[-2000:]}
+            res["wall_s"] = time.perf_counter() - t0
             if "tokens_per_s" in res:
                 res["mfu"] = res["tokens_per_s"] * fpt / PEAK_FLOPS
             rows[row] = res
@@ -230,18 +418,47 @@ def main() -> int:
     report = {"device": device, "params_no_pos": n, "flops_per_token": fpt, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(
-        "\n| row | tokens/s (median) | MFU | command -> first step (s) |\n| --- | ---: | ---: | ---: |"
-    )
-    for row, r in rows.items():
-        if "tokens_per_s" in r:
-            print(
-                f"| {row} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% "
-                f"| {r['first_step_s'] or 0:.1f} |"
-            )
-        else:
-            print(f"| {row} | failed | | |")
-    return 0 if all("tokens_per_s" in r for r in rows.values()) else 1
+    print_tables(rows)
+    return 0 if not any("error" in r for r in rows.values()) else 1
+
+
+def print_tables(rows: dict[str, dict]) -> None:
+    lm = {k: r for k, r in rows.items() if k in ("eager", "compile", "genai", "genai-warm")}
+    images = {k: r for k, r in rows.items() if k in ("gan-plain", "gan", "vae-plain", "vae")}
+    serve = {k: r for k, r in rows.items() if k.startswith("serve")}
+    if lm:
+        print("\n| row | tokens/s (median) | MFU | command -> first step (s) |")
+        print("| --- | ---: | ---: | ---: |")
+        for row, r in lm.items():
+            if "error" in r:
+                print(f"| {row} | failed | | |")
+            else:
+                print(
+                    f"| {row} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% "
+                    f"| {r['first_step_s'] or 0:.1f} |"
+                )
+    if images:
+        print("\n| row | images/s (median) | command -> first step (s) |\n| --- | ---: | ---: |")
+        for row, r in images.items():
+            if "error" in r:
+                print(f"| {row} | failed | |")
+            else:
+                print(f"| {row} | {r['images_per_s']:,.0f} | {r['first_step_s'] or 0:.1f} |")
+    if serve:
+        print(
+            f"\n| server | completions/s (c={SERVE_CONCURRENCY}) | p50 ms | "
+            f"images/s ({IMAGES_PER_REQUEST} a request) | errors | up (s) |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: | ---: |")
+        for row, r in serve.items():
+            if "error" in r:
+                print(f"| {row} | failed | | | | |")
+            else:
+                print(
+                    f"| {row} | {r['completions_per_s']:.1f} | {r['completion_p50_ms']:.0f} "
+                    f"| {r['images_per_s']:,.0f} | {r['completion_errors'] + r['image_errors']} "
+                    f"| {r['up_s']:.0f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 - ``B``: an async endpoint handing each generation to one dedicated thread: one at a time.
 
 ``PLAIN_GAN`` adds ``/v1/images/generations`` (16 images a request in the bench), run the same
-way as the mode says. No genai serving code: the model is read with ``transformers`` (LM) or
+way as the mode says. ``PLAIN_DEVICE=cuda`` runs both on the GPU in bf16, as genai's replicas
+do with ``num_gpus`` (bench/gpu_train.py). No genai serving code: the model is read with ``transformers`` (LM) or
 built from the checkpoint's safetensors (GAN), and answers are OpenAI-shaped.
 """
 
@@ -24,22 +25,25 @@ from fastapi import FastAPI
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 MODE = os.environ.get("PLAIN_MODE", "A")
+DEVICE = os.environ.get("PLAIN_DEVICE", "cpu")
+DTYPE = torch.bfloat16 if DEVICE == "cuda" else torch.float32
 app = FastAPI()
 _one = ThreadPoolExecutor(max_workers=1)
 
 if os.environ.get("PLAIN_LM"):
-    _lm = AutoModelForCausalLM.from_pretrained(os.environ["PLAIN_LM"], use_safetensors=True).eval()
+    _lm = AutoModelForCausalLM.from_pretrained(os.environ["PLAIN_LM"], use_safetensors=True)
+    _lm = _lm.to(DEVICE, DTYPE).eval()
     _tok = AutoTokenizer.from_pretrained(os.environ["PLAIN_LM"])
 
 if os.environ.get("PLAIN_GAN"):
     from genai.families.images.serving import load_image_model
     from genai.pictures import png_bytes
 
-    _gan = load_image_model(os.environ["PLAIN_GAN"]).model
+    _gan = load_image_model(os.environ["PLAIN_GAN"]).model.to(DEVICE, DTYPE)
 
 
 def _complete(body: dict[str, Any]) -> dict[str, Any]:
-    ids = _tok(body["prompt"], return_tensors="pt").input_ids
+    ids = _tok(body["prompt"], return_tensors="pt").input_ids.to(DEVICE)
     with torch.inference_mode():
         out = _lm.generate(
             ids,
@@ -65,9 +69,9 @@ def _images(body: dict[str, Any]) -> dict[str, Any]:
     n = body.get("n", 1)
     cfg = _gan.cfg
     with torch.inference_mode():
-        z = torch.randn(n, cfg.latent_dim)
-        labels = torch.randint(0, cfg.num_classes, (n,)) if cfg.conditional else None
-        images = (_gan(z, labels) + 1) / 2
+        z = torch.randn(n, cfg.latent_dim, device=DEVICE, dtype=DTYPE)
+        labels = torch.randint(0, cfg.num_classes, (n,), device=DEVICE) if cfg.conditional else None
+        images = ((_gan(z, labels) + 1) / 2).float().cpu()
     return {"data": [{"b64_json": base64.b64encode(png_bytes(x)).decode()} for x in images]}
 
 

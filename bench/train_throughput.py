@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+RATE = re.compile(r" ([\d,.]+) (tok|img)/s")
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = {"n_layer": 4, "n_embd": 256, "n_head": 4, "max_position": 128}
 SEQ, MICRO, WORKERS = 128, 8, 2
@@ -55,7 +57,8 @@ def job(stage: int, steps: int, precision: str, root: Path) -> dict:
 
 def time_genai_train(spec: Path) -> dict:
     """Run ``genai train SPEC`` as its own command: command -> first step, and the median
-    tokens/s over the log windows after the first (shared with bench/gpu_train.py)."""
+    tokens/s (LM) or images/s (GAN, VAE) over the log windows after the first (shared with
+    bench/gpu_train.py)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "genai.cli", "train", str(spec)],
@@ -64,18 +67,20 @@ def time_genai_train(spec: Path) -> dict:
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    first, rates, tail = None, [], []
+    first, rates, tail, unit = None, [], [], "tokens"
     for line in proc.stdout:
         tail = [*tail[-40:], line]
         if first is None and "first step done" in line:
             first = time.perf_counter() - t0
-        if "tok/s" in line and "] step " in line:
-            rates.append(float(line.rsplit(" tok/s", 1)[0].rsplit(" ", 1)[-1].replace(",", "")))
+        rate = RATE.search(line) if "] step " in line else None
+        if rate:
+            unit = "tokens" if rate[2] == "tok" else "images"
+            rates.append(float(rate[1].replace(",", "")))
     if proc.wait() != 0:
         raise RuntimeError(f"genai train {spec} failed:\n" + "".join(tail))
     return {
         "first_step_s": first,
-        "tokens_per_s": statistics.median(rates[1:] or rates),
+        f"{unit}_per_s": statistics.median(rates[1:] or rates),
         "windows": len(rates),
     }
 

@@ -29,6 +29,13 @@ def _fix_cuda_arch_list() -> None:
 
 
 _fix_cuda_arch_list()
+# Cold start: compiled kernels are cached on disk and reused by the next run. DeepSpeed's op
+# builds (~/.cache/torch_extensions) persist by default; torch.compile's FX-graph, autotuning
+# and Triton kernel caches live in /tmp, gone with a reboot or a fresh container: keep them
+# beside DeepSpeed's unless the user chose a place.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", str(Path.home() / ".cache" / "genai" / "torchinductor")
+)
 import deepspeed  # noqa: E402  (after the arch fix: the op builder reads it at import)
 
 logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
