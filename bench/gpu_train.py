@@ -304,23 +304,12 @@ def run_plain(args: argparse.Namespace, kind: str) -> dict:
 def run_serve(
     lm: str, gan: str, gpu: bool, plain_server: bool, seconds: float, max_tokens: int
 ) -> dict:
-    """Completions/s at c=32 (``max_tokens`` new tokens each: 64) and images/s (16 a request, c=32) from one
-    server holding both checkpoints: ``genai serve`` (a replica with half the GPU), or the
-    plain FastAPI + uvicorn server of bench/plain_server.py (mode A) on the same device."""
-    from bench.serve_throughput import PROMPTS, Server, _free_port, load
+    """Completions/s at c=32 (``max_tokens`` new tokens each: 64) and images/s (16 a
+    request, c=32) from one server holding both checkpoints: ``genai serve`` (a replica with
+    half the GPU), or bench/plain_server.py (FastAPI + uvicorn, mode A) on the same device."""
+    from bench.serve_throughput import PROMPTS, genai_server, load
+    from bench.serve_throughput import plain_server as plain
 
-    port = _free_port()
-    if plain_server:
-        cmd = [sys.executable, "-m", "uvicorn", "bench.plain_server:app", "--port", str(port)]
-        cmd += ["--no-access-log", "--log-level", "warning", "--timeout-keep-alive", "300"]
-        env = {"PLAIN_MODE": "A", "PLAIN_LM": lm, "PLAIN_GAN": gan}
-        env["PLAIN_DEVICE"] = "cuda" if gpu else "cpu"
-    else:
-        cmd = [sys.executable, "-m", "genai.cli", "serve", lm, gan, "--config", "serve/lm.yaml"]
-        cmd += ["--port", str(port), "--set", "generation_log.mode=off"]
-        if gpu:
-            cmd += ["--set", "num_gpus=0.5", "--set", "num_cpus=2"]
-        env = {"PYTHONUNBUFFERED": "1"}
     lm_name, gan_name = (json.loads((Path(p) / "meta.json").read_text())["name"] for p in (lm, gan))
     completions = [
         {"model": lm_name, "prompt": pr, "max_tokens": max_tokens, "temperature": 1.0, "seed": i}
@@ -330,8 +319,13 @@ def run_serve(
         {"model": gan_name, "prompt": "", "n": IMAGES_PER_REQUEST, "seed": i} for i in range(8)
     ]
     t0 = time.perf_counter()
-    with Server("plain" if plain_server else "genai", cmd, env, port) as server:
-        up = time.perf_counter() - t0
+    if plain_server:
+        server = plain("A", lm=lm, gan=gan, device="cuda" if gpu else "cpu")
+    else:
+        sets = ("generation_log.mode=off",) + (("num_gpus=0.5", "num_cpus=2") if gpu else ())
+        server = genai_server(lm, gan, sets=sets)
+    up = time.perf_counter() - t0
+    with server:
         c = SERVE_CONCURRENCY
         load(f"{server.url}/v1/completions", completions, c, seconds / 3)  # warm-up
         text = load(f"{server.url}/v1/completions", completions, c, seconds)
@@ -422,43 +416,53 @@ def main() -> int:
     return 0 if not any("error" in r for r in rows.values()) else 1
 
 
+def _table(header: list[str], rows: dict[str, dict], cells) -> None:
+    """A Markdown table: one line per row, ``cells(result)`` after its name, or "failed"."""
+    print("\n| " + " | ".join(header) + " |\n| --- |" + " ---: |" * (len(header) - 1))
+    for row, r in rows.items():
+        values = ["failed"] + [""] * (len(header) - 2) if "error" in r else cells(r)
+        print(f"| {row} | " + " | ".join(values) + " |")
+
+
 def print_tables(rows: dict[str, dict]) -> None:
     lm = {k: r for k, r in rows.items() if k in ("eager", "compile", "genai", "genai-warm")}
     images = {k: r for k, r in rows.items() if k in ("gan-plain", "gan", "vae-plain", "vae")}
     serve = {k: r for k, r in rows.items() if k.startswith("serve")}
     if lm:
-        print("\n| row | tokens/s (median) | MFU | command -> first step (s) |")
-        print("| --- | ---: | ---: | ---: |")
-        for row, r in lm.items():
-            if "error" in r:
-                print(f"| {row} | failed | | |")
-            else:
-                print(
-                    f"| {row} | {r['tokens_per_s']:,.0f} | {100 * r['mfu']:.1f}% "
-                    f"| {r['first_step_s'] or 0:.1f} |"
-                )
-    if images:
-        print("\n| row | images/s (median) | command -> first step (s) |\n| --- | ---: | ---: |")
-        for row, r in images.items():
-            if "error" in r:
-                print(f"| {row} | failed | |")
-            else:
-                print(f"| {row} | {r['images_per_s']:,.0f} | {r['first_step_s'] or 0:.1f} |")
-    if serve:
-        print(
-            f"\n| server | completions/s (c={SERVE_CONCURRENCY}) | p50 ms | "
-            f"images/s ({IMAGES_PER_REQUEST} a request) | errors | up (s) |"
+        _table(
+            ["row", "tokens/s (median)", "MFU", "command -> first step (s)"],
+            lm,
+            lambda r: [
+                f"{r['tokens_per_s']:,.0f}",
+                f"{100 * r['mfu']:.1f}%",
+                f"{r['first_step_s'] or 0:.1f}",
+            ],
         )
-        print("| --- | ---: | ---: | ---: | ---: | ---: |")
-        for row, r in serve.items():
-            if "error" in r:
-                print(f"| {row} | failed | | | | |")
-            else:
-                print(
-                    f"| {row} | {r['completions_per_s']:.1f} | {r['completion_p50_ms']:.0f} "
-                    f"| {r['images_per_s']:,.0f} | {r['completion_errors'] + r['image_errors']} "
-                    f"| {r['up_s']:.0f} |"
-                )
+    if images:
+        _table(
+            ["row", "images/s (median)", "command -> first step (s)"],
+            images,
+            lambda r: [f"{r['images_per_s']:,.0f}", f"{r['first_step_s'] or 0:.1f}"],
+        )
+    if serve:
+        _table(
+            [
+                "server",
+                f"completions/s (c={SERVE_CONCURRENCY})",
+                "p50 ms",
+                f"images/s ({IMAGES_PER_REQUEST} a request)",
+                "errors",
+                "up (s)",
+            ],
+            serve,
+            lambda r: [
+                f"{r['completions_per_s']:.1f}",
+                f"{r['completion_p50_ms']:.0f}",
+                f"{r['images_per_s']:,.0f}",
+                f"{r['completion_errors'] + r['image_errors']}",
+                f"{r['up_s']:.0f}",
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@
 - ``B``: an async endpoint handing each generation to one dedicated thread: one at a time.
 
 ``PLAIN_GAN`` adds ``/v1/images/generations`` (16 images a request in the bench), run the same
-way as the mode says. ``PLAIN_DEVICE=cuda`` runs both on the GPU in bf16, as genai's replicas
-do with ``num_gpus`` (bench/gpu_train.py). No genai serving code: the model is read with ``transformers`` (LM) or
-built from the checkpoint's safetensors (GAN), and answers are OpenAI-shaped.
+way as the mode says. ``PLAIN_DEVICE=cuda`` runs both on the GPU in bf16, as genai's
+replicas do with ``num_gpus`` (bench/gpu_train.py). No genai serving code: the model is read
+with ``transformers`` (LM) or built from the checkpoint's safetensors (GAN), and answers are
+OpenAI-shaped.
 """
 
 from __future__ import annotations

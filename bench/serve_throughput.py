@@ -157,9 +157,9 @@ class Server:
         self.log.close()
 
 
-def genai_server(checkpoint: str, *sets: str) -> Server:
+def genai_server(*checkpoints: str, sets: tuple[str, ...] = ()) -> Server:
     port = _free_port()
-    cmd = [sys.executable, "-m", "genai.cli", "serve", checkpoint, "--config", "serve/lm.yaml"]
+    cmd = [sys.executable, "-m", "genai.cli", "serve", *checkpoints, "--config", "serve/lm.yaml"]
     cmd += ["--port", str(port)]
     for s in sets:
         cmd += ["--set", s]
@@ -167,12 +167,15 @@ def genai_server(checkpoint: str, *sets: str) -> Server:
     return Server("genai", cmd, env, port)
 
 
-def plain_server(mode: str, lm: str | None = None, gan: str | None = None) -> Server:
+def plain_server(
+    mode: str, lm: str | None = None, gan: str | None = None, device: str = "cpu"
+) -> Server:
     port = _free_port()
     cmd = [sys.executable, "-m", "uvicorn", "bench.plain_server:app", "--port", str(port)]
     # keep-alive as long as the slowest answer: uvicorn's 5 s default drops waiting clients
     cmd += ["--no-access-log", "--log-level", "warning", "--timeout-keep-alive", "300"]
     env = {"PLAIN_MODE": mode, "PLAIN_LM": lm or "", "PLAIN_GAN": gan or ""}
+    env["PLAIN_DEVICE"] = device
     return Server(f"plain-{mode}", cmd, env, port)
 
 
@@ -271,7 +274,7 @@ def main() -> None:
     lm_servers = {
         "genai": lambda: genai_server(lm),
         # the same server decoding through transformers' forward: what fastpath.py buys
-        "genai hf-forward": lambda: genai_server(lm, "lm.lean_forward=false"),
+        "genai hf-forward": lambda: genai_server(lm, sets=("lm.lean_forward=false",)),
         "plain A": lambda: plain_server("A", lm=lm),
         "plain B": lambda: plain_server("B", lm=lm),
     }
