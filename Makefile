@@ -30,6 +30,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/vermin --target=3.10- --no-tips --violations -q genai tests bench
 
 format: install
 	$(BIN)/ruff format .

@@ -59,7 +59,7 @@ def missing() -> list[str]:
     """genai's direct requirements (pyproject.toml) that are not installed here."""
     from pathlib import Path
 
-    import tomllib
+    import tomllib  # novermin: run with the GPU host's own Python 3.11+
 
     project = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
     out = []

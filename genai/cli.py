@@ -199,16 +199,17 @@ def _job_error(logs: str) -> str | None:
 
 def _since(text: str):
     """'90s' / '30m' / '1h' / '2d' ago, or an ISO 8601 time (UTC unless it says)."""
-    from datetime import UTC, datetime, timedelta
+    from datetime import datetime, timedelta, timezone
 
     units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
     if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
-        return datetime.now(UTC) - timedelta(**{units[text[-1]]: float(text[:-1])})
+        return datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: float(text[:-1])})
     try:
-        when = datetime.fromisoformat(text)
+        # Python 3.10's fromisoformat reads no 'Z' suffix
+        when = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
     except ValueError:
         raise ValueError(f"--since: {text!r} is neither 30m/1h/2d nor an ISO 8601 time") from None
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
+    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
 
 
 def _generations(args: argparse.Namespace) -> int:

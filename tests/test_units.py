@@ -379,3 +379,51 @@ def test_generation_log_survives_a_kill_and_honours_its_mode(tmp_path, mode):
     else:
         assert {(r["prompt"], r["output"]) for r in rows} == {(None, None)}
     assert {r["replica"] for r in rows} == {"replica-x"} and rows[0]["score"] is None
+
+
+def test_a_source_renamed_to_the_same_checkpoint_is_kept_with_its_new_source(tmp_path):
+    """apply(): a model whose configured source changes (a step dir, then the `latest` link
+    to it) but resolves to the directory it already serves keeps its server, and remembers
+    the new source for the watcher."""
+    from types import SimpleNamespace
+
+    from genai.serve.registry import Registry, Served
+
+    step = tmp_path / "checkpoints" / "step-000001"
+    step.mkdir(parents=True)
+    ckpt.write_meta(step, ckpt.Meta(step=1, name="m", family="lm", spec={}, spec_hash="h"))
+    (step / ckpt.WEIGHTS).write_bytes(b"")
+    (tmp_path / "checkpoints" / "latest").symlink_to(step.name)
+    server = SimpleNamespace(close=lambda: None)
+    reg = Registry(spec=None)
+    reg._put(Served(str(step), step.resolve(), "lm", "h", server, {"id": "m", "step": 1}))
+
+    reg.apply([str(tmp_path / "checkpoints" / "latest")])
+
+    kept = reg.served["m"]
+    assert kept.source == str(tmp_path / "checkpoints" / "latest")
+    assert kept.server is server and kept.spec_hash == "h" and kept.directory == step.resolve()
+    assert reg.servers["m"] is server and not reg.refused
+
+
+def test_code_runs_on_the_oldest_python_pyproject_allows():
+    """requires-python, ruff's target and the code agree: vermin finds no syntax or stdlib
+    API newer than the floor (datetime.UTC, tomllib, ... are 3.11)."""
+    import re
+    import subprocess
+    import sys
+
+    import tomllib  # novermin: the test runs on 3.11+
+
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    floor = re.fullmatch(r">=\s*3\.(\d+)", project["project"]["requires-python"]).group(1)
+    assert project["tool"]["ruff"]["target-version"] == f"py3{floor}"
+    vermin = Path(sys.executable).parent / "vermin"
+    r = subprocess.run(
+        [str(vermin), f"--target=3.{floor}-", "--no-tips", "--violations"]
+        + [str(root / d) for d in ("genai", "tests", "bench")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout[-3000:]

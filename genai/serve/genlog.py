@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +125,7 @@ class ParquetLog:
             self.dropped += len(rows)
 
     def _open(self) -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         self._path = self.dir / f"{self.prefix}-{stamp}-{self.tag}.parquet.inprogress"
         self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
         self._opened = time.monotonic()
@@ -164,7 +164,7 @@ class GenerationLog:
 
     def record(self, rec: dict[str, Any], pngs: list[bytes] = ()) -> None:
         row = {name: rec.get(name) for name in GENERATIONS.names}
-        row["time"] = datetime.fromtimestamp(rec["time"], UTC)
+        row["time"] = datetime.fromtimestamp(rec["time"], timezone.utc)
         row["replica"] = self.replica
         row["params"] = json.dumps(rec.get("params") or {}, sort_keys=True)
         if pngs:
@@ -179,7 +179,7 @@ class GenerationLog:
                 (images / f"{sha}.png").write_bytes(png)
 
     def score(self, id_: str, score: float, comment: str | None, key: str) -> None:
-        now = datetime.now(UTC)
+        now = datetime.now(timezone.utc)
         self.feedback.add({"id": id_, "time": now, "score": score, "comment": comment, "key": key})
 
     def close(self) -> None:

@@ -122,9 +122,9 @@ class Registry:
                 elif current.directory != directory:
                     self._swap(current, source, directory)
                 elif current.source != source:
-                    self._put(
-                        Served(source, directory, current.family, current.server, current.card)
-                    )
+                    # same checkpoint under another name (e.g. its `latest` link): keep the
+                    # loaded model, remember the source the watcher must follow now
+                    self._put(dataclasses.replace(current, source=source))
             if complete:
                 for name in sorted(set(self.served) - listed):
                     old = self.served[name]
