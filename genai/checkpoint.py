@@ -90,7 +90,9 @@ class Meta(BaseModel):
         description="the family's own record: model_config, tensor counts, class names, files",
     )
     lineage: Lineage | None = None
-    run_id: str = Field("", description="the training run (one `genai train`) that wrote it")
+    run_id: str = Field(
+        "", description="the training run that wrote it (one `genai train` and its `--resume`s)"
+    )
 
     def file(self, directory: Path, key: str) -> Path | None:
         """A file the export record names (relative to the checkpoint), or None."""

@@ -81,6 +81,7 @@ def test_resume_reproduces_the_uninterrupted_run(ray_session, tiny_raw):
     resumed = train(spec, resume=True)
     meta = ckpt.read_meta(resumed)
     assert meta.step == 6
+    assert meta.run_id == ref_meta.run_id  # --resume continues the same training run
     assert [h["step"] for h in meta.history] == [
         0,
         3,

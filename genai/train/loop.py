@@ -126,7 +126,9 @@ def _train(config: dict[str, Any]) -> None:
     if src is not None:
         start = _load_engines(task, src, meta, root, config["run_id"], world, rank, say)
         history, curves = list(meta.history), list(meta.curves)
-        if meta.run_id == config["run_id"]:
+        # a Ray Train restart finds its first start's marker; a --resume keeps the run id
+        # of the checkpoint it continues but starts without a marker (the driver cleared it)
+        if restarted:
             say(f"recovered from a failure: continuing from {src} at step {start}")
         else:
             say(f"resumed from {src} at step {start}")

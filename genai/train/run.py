@@ -41,10 +41,12 @@ def build_trainer(
     storage_path: Path | None = None,
     t_submit: float | None = None,
     stop_at: int | None = None,
+    run_id: str | None = None,
 ) -> TorchTrainer:
     """A ``TorchTrainer`` that trains ``spec`` and commits checkpoints under ``root``;
-    ``stop_at`` ends the run early (a segment) without changing the LR schedule."""
-    run_id = uuid.uuid4().hex[:8]
+    ``stop_at`` ends the run early (a segment) without changing the LR schedule.
+    ``run_id`` continues a training run (``--resume``); a new one is drawn otherwise."""
+    run_id = run_id or uuid.uuid4().hex[:8]
     config = {
         "spec": spec.model_dump(mode="json"),
         "data": data,
@@ -68,7 +70,9 @@ def build_trainer(
             num_workers=workers, use_gpu=sc.use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=f"{spec.name}-{run_id}",
+            # unique per trainer: Ray Train V2 would restore its own state from a run
+            # directory of the same name, and genai resumes from its checkpoints instead
+            name=f"{spec.name}-{run_id}-{uuid.uuid4().hex[:6]}",
             storage_path=str(storage_path or root.parent / "ray"),
             # a dead worker (or node) restarts the worker group, which resumes from the run's
             # latest committed checkpoint (loop.py)
@@ -108,7 +112,7 @@ def train(
     t_submit = time.time()
     root = spec.checkpoint_dir
     latest = ckpt.find_latest(root)
-    resume_from = None
+    resume_from, run_id = None, None
     if resume:
         if latest is None:
             log(f"resume: no checkpoint under {root}; starting at step 0")
@@ -119,7 +123,8 @@ def train(
                     f"resume: {latest} is at step {step} >= train.max_steps ({spec.train.max_steps}); nothing to do"
                 )
                 return latest
-            resume_from = latest
+            # a resumed run is the same training run: its checkpoints keep its run id
+            resume_from, run_id = latest, ckpt.read_meta(latest).run_id or None
     elif latest is not None:
         if not fresh:
             raise SpecError(
@@ -132,7 +137,9 @@ def train(
 
     with cluster.connect(address):
         data = prepare(spec, log)
-        trainer = build_trainer(spec, data, root, resume_from=resume_from, t_submit=t_submit)
+        trainer = build_trainer(
+            spec, data, root, resume_from=resume_from, t_submit=t_submit, run_id=run_id
+        )
         log(
             f"train: {spec.name} on {spec.scaling.num_workers} worker(s), "
             f"{'GPU' if spec.scaling.use_gpu else 'CPU'}, to step {spec.train.max_steps}"
