@@ -173,6 +173,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench/chaos_train.json")
     args = p.parse_args()
+    from genai.hardware import machine_line
+
+    print(machine_line(), flush=True)
     rng = random.Random(args.seed)
     max_steps = args.max_steps or 5 * args.kills + 40
     workdir = Path(tempfile.mkdtemp(prefix="genai-chaos-"))

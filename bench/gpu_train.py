@@ -373,6 +373,9 @@ def main() -> int:
     p.add_argument("--t0", type=float, help=argparse.SUPPRESS)
     p.add_argument("--out", default="runs/bench/gpu_train.json")
     args = p.parse_args()
+    from genai.hardware import machine_line
+
+    print(machine_line(), flush=True)
     spec = shape(args.smoke)
     vocab = spec["data"]["tokenizer"]["vocab_size"]
     if args.plain in ("gan", "vae"):

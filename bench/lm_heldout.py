@@ -36,6 +36,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("checkpoint")
     args = p.parse_args()
+    from genai.hardware import machine_line
+
+    print(machine_line(), flush=True)
     lm = load_lm(args.checkpoint)
     spec = JobSpec.model_validate(lm.meta.spec)
     data = prepare(spec.data, log=lambda m: None)

@@ -255,6 +255,9 @@ def main() -> None:
     )
     p.add_argument("--no-images", action="store_true")
     args = p.parse_args()
+    from genai.hardware import machine_line
+
+    print(machine_line(), flush=True)
     lm = str(Path(args.checkpoint).resolve())
     gan = str(Path(args.gan).resolve()) if Path(args.gan).exists() else None
     bodies = [

@@ -78,6 +78,9 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="runs/bench/stream_read.json")
     args = p.parse_args()
+    from genai.hardware import machine_line
+
+    print(machine_line(), flush=True)
 
     import ray
 

@@ -86,6 +86,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/bench-tune")
     args = p.parse_args()
+    from genai.hardware import machine_line
+
+    print(machine_line(), flush=True)
 
     out = Path(args.out).absolute()
     shutil.rmtree(out, ignore_errors=True)

@@ -8,6 +8,7 @@ strings, and every error message names the dotted key, the rule and the value:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -23,7 +24,7 @@ from genai.families.gan import GANModelSpec, GANSpec
 from genai.families.images import ImageDataSpec
 from genai.families.lm import DataSpec, ModelSpec, TokenizerSpec
 from genai.families.vae import VAEModelSpec, VAESpec
-from genai.specbase import Section, SpecError
+from genai.specbase import PathField, Section, SpecError, relative_paths
 
 # the family specs are declared with their families; re-exported here for callers
 __all__ = [
@@ -126,7 +127,7 @@ class ScalingSpec(Section):
 
 
 class CheckpointSpec(Section):
-    dir: str | None = Field(
+    dir: str | None = PathField(
         None, description="default runs/<name>/checkpoints; shared storage on clusters"
     )
     every_steps: int = Field(100, ge=0, description="0: only at the end")
@@ -464,9 +465,21 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_job(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
+    return parse_job(read_job_raw(path, overrides))
+
+
+def read_job_raw(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """A job spec file as a validated dict, its paths made absolute (see :func:`PathField`)."""
     raw = apply_overrides(_read_yaml(path), overrides)
     raw.setdefault("name", Path(path).stem)
-    return parse_job(raw)
+    return absolute_paths(raw)
+
+
+def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a job spec dict, validated here) with every relative user path made absolute
+    against the current directory: done once, in the driver, before anything goes to Ray."""
+    paths = relative_paths(parse_job(copy.deepcopy(raw)))
+    return apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in paths.items()])
 
 
 def parse_job(raw: dict[str, Any]) -> JobSpec:

@@ -28,7 +28,11 @@ from tests.support import assert_self_contained
 pytestmark = pytest.mark.e2e
 
 
-def _write_sweep(tmp: Path, corpus_dir, cache_dir, sweep: dict, **base_over) -> Path:
+def _write_sweep(
+    tmp: Path, corpus_dir, cache_dir, sweep: dict, storage: str | None = "out", **base_over
+) -> Path:
+    """base.yaml + sweep.yaml in ``tmp``; ``storage=None`` keeps the default (runs/<name>,
+    relative to the directory the sweep is run from)."""
     base = merge(
         TINY,
         {
@@ -42,7 +46,8 @@ def _write_sweep(tmp: Path, corpus_dir, cache_dir, sweep: dict, **base_over) -> 
     )
     (tmp / "base.yaml").write_text(yaml.safe_dump(merge(base, base_over)))
     path = tmp / "sweep.yaml"
-    path.write_text(yaml.safe_dump({"base": "base.yaml", "storage": str(tmp / "out"), **sweep}))
+    where = {"storage": str(tmp / storage)} if storage else {}
+    path.write_text(yaml.safe_dump({"base": "base.yaml", **where, **sweep}))
     return path
 
 
@@ -246,7 +251,7 @@ def test_a_sweep_whose_every_trial_fails_exits_with_one_clear_line(tmp_path, cor
 def test_sigkilled_sweep_driver_resumes_without_rerunning_finished_trials(
     tmp_path, corpus_dir, cache_dir
 ):
-    path = _write_sweep(
+    _write_sweep(
         tmp_path,
         corpus_dir,
         cache_dir,
@@ -256,11 +261,17 @@ def test_sigkilled_sweep_driver_resumes_without_rerunning_finished_trials(
             "scheduler": {"kind": "none"},
             "max_concurrent_trials": 1,
         },
+        storage=None,
     )
-    trials = tmp_path / "out" / "trials"
-    cmd = [sys.executable, "-m", "genai.cli", "tune", str(path)]
+    # run as the README does: from the project directory, the default relative storage
+    # (runs/sweep); trials must commit there, not under Tune's per-trial working directory
+    storage = tmp_path / "runs" / "sweep"
+    trials = storage / "trials"
+    cmd = [sys.executable, "-m", "genai.cli", "tune", "sweep.yaml"]
     log = (tmp_path / "first.log").open("w")
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
 
     def finished() -> list[Path]:
         return [d for d in trials.glob("*_*") if (d / "step-000012").is_dir()]
@@ -285,7 +296,9 @@ def test_sigkilled_sweep_driver_resumes_without_rerunning_finished_trials(
     done_before = {d.name: os.stat(d / "step-000012").st_ino for d in finished()}
     mid = {d.name: ckpt.read_meta(ckpt.find_latest(d)).step for d in partial()}
 
-    r = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [*cmd, "--resume"], capture_output=True, text=True, timeout=600, cwd=tmp_path
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = r.stdout + r.stderr
     for (
@@ -295,6 +308,6 @@ def test_sigkilled_sweep_driver_resumes_without_rerunning_finished_trials(
         assert os.stat(trials / trial_id / "step-000012").st_ino == done_before[trial_id]
     for trial_id, step in mid.items():  # the unfinished one continues from its last checkpoint
         assert re.search(rf"resumed from .*{trial_id}.*at step {step}", out), out[-3000:]
-    table = pq.read_table(tmp_path / "out" / "trials.parquet").to_pylist()
+    table = pq.read_table(storage / "trials.parquet").to_pylist()
     assert len(table) == 2 and all(t["status"] == "DONE" and t["steps"] == 12 for t in table)
     print({"finished_before_kill": done_before, "resumed_at": mid})

@@ -99,3 +99,46 @@ def test_cli_rejects_a_bad_sweep_with_one_line_and_exit_2(tmp_path):
     assert r.stderr.strip().splitlines() == [
         "genai: error: space.train.lr: the lower bound (1) must be < the upper (0.1)"
     ]
+
+
+def test_relative_paths_are_resolved_once_in_the_driver(tmp_path, monkeypatch):
+    """Ray Tune runs each trial in a directory of its own: the sweep's storage (default
+    runs/<name>) and the base job's relative paths must not move with it."""
+    import pickle
+
+    project = tmp_path / "project"
+    (project / "jobs").mkdir(parents=True)
+    base = yaml.safe_load((ROOT / "jobs/lm-tiny.yaml").read_text())
+    base["data"] = {**base.get("data", {}), "source": "corpus", "cache_dir": "cache"}
+    (project / "jobs" / "lm.yaml").write_text(yaml.safe_dump(base))
+    (project / "jobs" / "sweep.yaml").write_text(
+        yaml.safe_dump({"base": "lm.yaml", "space": {"train.lr": "grid([1e-3])"}})
+    )
+    monkeypatch.chdir(project)
+    sweep = load_sweep("jobs/sweep.yaml")  # as the README runs it, from the project root
+    shipped = pickle.loads(pickle.dumps(sweep))  # what Ray hands the trial function
+    monkeypatch.chdir(tmp_path)  # a trial's working directory
+
+    assert shipped.root == project / "runs" / "sweep"
+    raw = shipped.trial_raw({"train.lr": 1e-3}, "t1")
+    assert raw["checkpoint"]["dir"] == str(project / "runs" / "sweep" / "trials" / "t1")
+    assert raw["data"]["source"] == str(project / "corpus")
+    assert raw["data"]["cache_dir"] == str(project / "cache")
+
+
+def test_set_inside_overrides_is_a_dotted_key_as_in_the_file(tmp_path):
+    (tmp_path / "lm.yaml").write_text((ROOT / "jobs/lm-tiny.yaml").read_text())
+    path = tmp_path / "sweep.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "base": "lm.yaml",
+                "overrides": {"train.max_steps": 300},
+                "space": {"train.lr": "grid([1e-3])"},
+            }
+        )
+    )
+    sweep = load_sweep(path, ["overrides.train.max_steps=60", "space.train.lr=grid([2e-3])"])
+    assert sweep.spec.overrides == {"train.max_steps": 60}
+    assert sweep.base.train.max_steps == 60
+    assert list(sweep.spec.space) == ["train.lr"] and sweep.spec.space["train.lr"].values == [2e-3]

@@ -427,3 +427,33 @@ def test_code_runs_on_the_oldest_python_pyproject_allows():
         text=True,
     )
     assert r.returncode == 0, r.stdout[-3000:]
+
+
+def test_benchmarks_compare_like_with_like_and_name_the_cpu(monkeypatch):
+    """bench/train_throughput.py follows `precision: auto` on both sides (emulated bf16 is
+    tens of times slower: those rows never finished on a CPU without it), and every
+    benchmark starts its output with the CPU and whether it computes bf16 natively."""
+    import ast
+
+    from bench.train_throughput import precisions
+    from genai import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    assert precisions("auto") == ["fp32"]
+    assert "bf16 emulated" in hardware.machine_line()
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    assert precisions("auto") == ["bf16"] and "bf16 native" in hardware.machine_line()
+    assert precisions("all") == ["fp32", "bf16"]
+
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    for path in sorted(bench.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        mains = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "main"]
+        if not mains or path.name == "gpu_pins.py":  # gpu_pins lists wheel pins, no figures
+            continue
+        calls = {
+            n.func.id
+            for n in ast.walk(mains[0])
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
+        assert "machine_line" in calls, f"{path.name} does not print machine_line()"

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from genai.config import DeepSpeedSpec, TrainSpec
+from genai.hardware import resolve_precision
 
 
 def _fix_cuda_arch_list() -> None:
@@ -44,23 +45,6 @@ if not torch.cuda.is_available():
     # On the CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op (~90 s cold) that
     # only its tensor-parallel *inference* path uses; training all-reduces through gloo.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without them a bf16 matmul on the CPU is a slow emulation
-    (measured here: 0.8 GFLOP/s against 57 for fp32 on one core)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str) -> str:
-    """``auto`` -> ``bf16`` where the hardware computes in it natively, else ``fp32``."""
-    if precision != "auto":
-        return precision
-    return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "fp32"
 
 
 def lr_lambda(train: TrainSpec):

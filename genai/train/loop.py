@@ -26,11 +26,11 @@ import torch.distributed as dist
 from genai import __version__
 from genai import checkpoint as ckpt
 from genai.config import JobSpec
+from genai.hardware import resolve_precision
 from genai.pictures import save_curves
 from genai.specbase import SpecError
 from genai.train import metrics as train_metrics
 from genai.train import reshard
-from genai.train.engine import resolve_precision
 from genai.train.tasks import make_task
 
 

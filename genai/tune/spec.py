@@ -20,14 +20,22 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from genai.config import JobSpec, _read_yaml, apply_overrides, parse_job, validation_message
+from genai.config import (
+    JobSpec,
+    _read_yaml,
+    absolute_paths,
+    apply_overrides,
+    parse_job,
+    validation_message,
+)
 from genai.families import get_family
-from genai.specbase import Section, SpecError
+from genai.specbase import PathField, Section, SpecError
 
 _KINDS = ("loguniform", "uniform", "choice", "grid")
 _DIMENSION = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$", re.S)
@@ -152,7 +160,7 @@ class SweepSpec(Section):
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="default: as many as the cluster's resources fit"
     )
-    storage: str | None = Field(None, description="default runs/<name>")
+    storage: str | None = PathField(None, description="default runs/<name>")
 
     @model_validator(mode="after")
     def _space_fits_scheduler(self) -> SweepSpec:
@@ -210,9 +218,29 @@ class Sweep:
         return raw
 
 
-def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+# mappings keyed by dotted job-spec keys: `--set overrides.train.max_steps=60` sets the key
+# "train.max_steps" in them, as the file writes it, instead of nesting {"train": {...}}
+_DOTTED_MAPS = ("overrides", "space")
+
+
+def _apply_sweep_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    plain = []
+    for item in overrides:
+        head, dot, rest = item.partition(".")
+        if not dot or head not in _DOTTED_MAPS or "=" not in rest:
+            plain.append(item)
+            continue
+        key, _, text = rest.partition("=")
+        mapping = raw.setdefault(head, {})
+        if not isinstance(mapping, dict):
+            raise SpecError(f"--set {head}.{key}: {head} is not a mapping")
+        mapping[key.strip()] = apply_overrides({}, [f"value={text}"])["value"]
+    return apply_overrides(raw, plain)
+
+
+def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     path = Path(path)
-    raw = apply_overrides(_read_yaml(path), overrides)
+    raw = _apply_sweep_overrides(_read_yaml(path), overrides)
     raw.setdefault("name", path.stem)
     space = raw.get("space")
     if isinstance(space, dict):
@@ -223,12 +251,14 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         spec = SweepSpec.model_validate(raw)
     except ValidationError as exc:
         raise SpecError(validation_message(exc)) from None
+    # every user path resolved here, in the driver: Tune runs trials in directories of their own
+    spec = spec.model_copy(update={"storage": str(spec.root)})
     base_path = (path.parent / spec.base).resolve()
     base_raw = _read_yaml(base_path)
     base_raw.setdefault("name", base_path.stem)
     try:
         apply_overrides(base_raw, [f"{k}={json.dumps(v)}" for k, v in spec.overrides.items()])
-        parse_job(copy.deepcopy(base_raw))
+        base_raw = absolute_paths(base_raw)
     except SpecError as exc:
         raise SpecError(f"overrides: {exc}") from None
     sweep = Sweep(spec, base_raw, base_path)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from genai.specbase import Section
+from genai.specbase import PathField, Section
 
 ImageSize = Literal[8, 16, 32, 64]
 
@@ -15,13 +15,15 @@ class ImageDataSpec(Section):
     """Images. ``source: digits`` is scikit-learn's bundled 8x8 digits (offline, labelled)."""
 
     kind: Literal["images"] = "images"
-    source: str = Field("digits", description="'digits', an image folder, or a Parquet file")
+    source: str = PathField(
+        "digits", description="'digits', an image folder, or a Parquet file", keywords=("digits",)
+    )
     image_column: str = Field("image", description="Parquet column of encoded image bytes")
     label_column: str | None = Field(None, description="Parquet column of integer labels")
     labels_from_dirs: bool = Field(True, description="image folder: class = sub-directory name")
     val_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     max_images: int = Field(200_000, ge=10)
-    cache_dir: str = Field(
+    cache_dir: str = PathField(
         ".genai_cache",
         description="the quality classifier is cached here (and copied into checkpoints)",
     )

@@ -10,8 +10,9 @@ from safetensors.torch import save_file
 
 from genai.config import JobSpec
 from genai.data.batches import StepSampler
+from genai.hardware import resolve_precision
 from genai.quality import Classifier, save_classifier
-from genai.train.engine import Engine, resolve_precision
+from genai.train.engine import Engine
 from genai.train.tasks import get_ref, readonly_tensor, tensor_or_none
 
 CLASSIFIER = "classifier.safetensors"

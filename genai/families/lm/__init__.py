@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from genai.families.base import Family
-from genai.specbase import Section
+from genai.specbase import PathField, Section
 
 
 class ModelSpec(Section):
@@ -17,7 +17,7 @@ class ModelSpec(Section):
     arch: Literal["gpt2", "llama"] = Field(
         "gpt2", description="transformers architecture built from config"
     )
-    pretrained_path: str | None = Field(
+    pretrained_path: str | None = PathField(
         None, description="local from_pretrained directory to fine-tune; overrides the shape fields"
     )
     n_layer: int = Field(4, ge=1, le=256)
@@ -46,7 +46,7 @@ class ModelSpec(Section):
 class TokenizerSpec(Section):
     """Byte-level BPE trained on the corpus, or a local pretrained tokenizer."""
 
-    path: str | None = Field(
+    path: str | None = PathField(
         None, description="local tokenizer directory (AutoTokenizer); else train one"
     )
     vocab_size: int = Field(8192, ge=260, le=1 << 20)
@@ -56,7 +56,9 @@ class DataSpec(Section):
     """Text corpus. ``source: stdlib`` is the Python standard library's own source (offline)."""
 
     kind: Literal["text"] = "text"
-    source: str = Field("stdlib", description="'stdlib', a file, a directory or a glob")
+    source: str = PathField(
+        "stdlib", description="'stdlib', a file, a directory or a glob", keywords=("stdlib",)
+    )
     format: Literal["auto", "text", "jsonl", "parquet", "tokens"] = Field(
         "auto",
         description="'tokens': Parquet files already tokenized (an integer column 'tokens', "
@@ -70,7 +72,7 @@ class DataSpec(Section):
     seq_len: int = Field(128, ge=8, le=1 << 20)
     val_fraction: float = Field(0.05, gt=0.0, lt=0.5)
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
-    cache_dir: str = Field(
+    cache_dir: str = PathField(
         ".genai_cache", description="tokenized shards are cached here, keyed by content"
     )
     shard_tokens: int = Field(
