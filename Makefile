@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast lint format bench bench-tune bench-serve clean
+.PHONY: install demo test test-all test-fast lint format bench bench-tune bench-serve clean
 
 install: $(STAMP)
 
@@ -21,7 +21,12 @@ $(STAMP): pyproject.toml
 demo: install
 	$(BIN)/genai demo
 
+# the default tier: every path once, for real (Ray Train + DeepSpeed, Tune, Serve over HTTP)
 test: install
+	$(BIN)/pytest -m "not full" $(PYTEST_ARGS)
+
+# everything: adds clusters, kills, re-sharding, failover, Prometheus, PBT, the fuzz (CI)
+test-all: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install

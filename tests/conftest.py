@@ -34,6 +34,15 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def ray_address(ray_session) -> str:
+    """The session Ray's GCS address: CLI tests join it with --address instead of starting
+    an embedded Ray of their own (unless the embedded start is what they test)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="session")
 def serve_url(ray_session):
     """Ray Serve's HTTP proxy, started once: its port cannot change while Serve runs."""
     from ray import serve

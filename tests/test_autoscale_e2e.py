@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 APP = "genai-autoscale"
 

@@ -31,7 +31,7 @@ from tests.conftest import TINY, merge
 from tests.support import token_corpus
 from tests.test_images_e2e import GAN, _spec
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 TRAINER = {"trainer": 1}  # only worker nodes offer it: training workers never land on the head
 

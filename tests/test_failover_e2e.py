@@ -14,7 +14,7 @@ from collections import Counter
 import httpx
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 APP, PREFIX = "genai-failover", "/failover"
 STREAMS = 8

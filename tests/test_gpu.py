@@ -21,6 +21,7 @@ from tests.test_images_e2e import GAN, VAE, _spec
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.e2e,
+    pytest.mark.full,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 

@@ -109,6 +109,7 @@ def test_vae_zero3_reports_bounds_in_nats(image_checkpoints):
     assert {"samples.png", "reconstructions.png", "curves.png"} == set(meta.pictures)
 
 
+@pytest.mark.full
 def test_gan_killed_and_resumed_continues_both_engines(tmp_path, cache_dir):
     raw = _spec(GAN, tmp_path, cache_dir)
     raw = {
@@ -386,6 +387,7 @@ def _fuzz_cases(openapi: dict):
 FUZZ_CASES = 1000
 
 
+@pytest.mark.full
 def test_fuzzing_every_route_gives_no_5xx_and_no_replica_dies(all_served):
     """1,000 property-based cases from the app's OpenAPI schema: valid and invalid bodies
     on every route. Every answer is < 500 and JSON, and the gateway and model replicas

@@ -20,7 +20,7 @@ from genai import checkpoint as ckpt
 from tests.support import free_port
 from tests.test_images_e2e import VAE, _spec
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 ROOT = Path(__file__).resolve().parent.parent
 APP, PREFIX = "genai-prom", "/prom"

@@ -18,7 +18,7 @@ from genai.config import parse_job
 from tests.conftest import merge
 from tests.test_images_e2e import GAN, _spec
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 
 def _train_workers() -> list[int]:

@@ -24,7 +24,7 @@ from genai import checkpoint as ckpt
 from genai.config import parse_job
 from genai.train.run import train
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.full]
 
 
 def _losses(path) -> dict[int, float]:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -43,6 +44,23 @@ def test_zero2_two_workers_write_complete_checkpoints(ray_session, tiny_raw):
     # a second run without --resume/--fresh refuses to mix with these checkpoints
     with pytest.raises(ValueError, match="pass --resume to continue or --fresh"):
         train(spec)
+
+
+def test_cli_train_joins_a_running_ray(ray_address, tiny_raw, tmp_path):
+    """`genai train SPEC --address`: the CLI as a user runs it against a cluster."""
+    raw = tiny_raw(name="tiny-cli", scaling={"num_workers": 1}, train={"max_steps": 3})
+    spec_path = tmp_path / "job.json"
+    spec_path.write_text(json.dumps(raw))  # JSON is YAML
+    r = subprocess.run(
+        [sys.executable, "-m", "genai", "train", str(spec_path), "--address", ray_address],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    final = ckpt.find_latest(parse_job(raw).checkpoint_dir)
+    assert r.stdout.strip().splitlines()[-1] == f"checkpoint: {final}"
+    assert ckpt.read_meta(final).step == 3 and ckpt.read_meta(final).world_size == 1
 
 
 def test_zero3_checkpoint_loads_in_transformers(zero3_checkpoint):
@@ -96,6 +114,7 @@ def test_resume_reproduces_the_uninterrupted_run(ray_session, tiny_raw):
     assert train(spec, resume=True) == resumed
 
 
+@pytest.mark.full
 def test_sigkill_of_the_driver_then_resume(tmp_path, tiny_raw):
     """Kill `genai train` with SIGKILL mid-run; `--resume` continues from the last checkpoint."""
     raw = tiny_raw(
@@ -141,6 +160,7 @@ def test_optimizer_offload_and_fine_tuning_a_pretrained_checkpoint(
     assert meta.history[0]["val_loss"] < parent_last + 0.5
 
 
+@pytest.mark.full
 def test_ctrl_c_stops_the_run_cleanly_and_names_the_checkpoint(tmp_path, tiny_raw):
     """SIGINT (Ctrl-C) to the driver: Ray Train aborts the workers, genai exits 130 with one line."""
     raw = tiny_raw(

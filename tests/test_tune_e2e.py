@@ -142,6 +142,7 @@ def test_promoted_checkpoint_served_shows_lineage(asha, serve_url):
         serve.delete("tuned")
 
 
+@pytest.mark.full
 def test_pbt_exploit_continues_from_another_trials_checkpoint(
     ray_session, tmp_path, corpus_dir, cache_dir
 ):
@@ -200,6 +201,7 @@ def test_pbt_exploit_continues_from_another_trials_checkpoint(
         assert m.metrics["lr"] == pytest.approx(m.spec["train"]["lr"] * factor, rel=1e-5)
 
 
+@pytest.mark.full
 def test_diverging_trial_is_listed_as_failed_and_the_sweep_goes_on(
     ray_session, tmp_path, corpus_dir, cache_dir
 ):
@@ -226,6 +228,7 @@ def test_diverging_trial_is_listed_as_failed_and_the_sweep_goes_on(
     assert by_wd[0.1].status == "DONE" and result.best.trial_id == by_wd[0.1].trial_id
 
 
+@pytest.mark.full
 def test_a_sweep_whose_every_trial_fails_exits_with_one_clear_line(tmp_path, corpus_dir, cache_dir):
     path = _write_sweep(
         tmp_path,
@@ -248,6 +251,7 @@ def test_a_sweep_whose_every_trial_fails_exits_with_one_clear_line(tmp_path, cor
     )
 
 
+@pytest.mark.full
 def test_sigkilled_sweep_driver_resumes_without_rerunning_finished_trials(
     tmp_path, corpus_dir, cache_dir
 ):
