@@ -29,8 +29,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_spec:
         print(json.dumps(spec.model_dump(mode="json"), indent=2))
         return 0
+    from genai import timeline
     from genai.train.run import train
 
+    timeline.mark("imports done")
     path = train(spec, address=args.address, resume=args.resume, fresh=args.fresh)
     print(f"checkpoint: {path}")
     return 0

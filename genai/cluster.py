@@ -90,7 +90,9 @@ def _token_auth() -> None:
 def _runtime_env() -> dict:
     # Ray Train's own settings (RAY_TRAIN_*) are read by its controller and workers, which
     # run in the job's runtime env, not the driver's: pass on what the user set
-    train = {k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")}
+    train = {
+        k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_") or k == "GENAI_TIMELINE"
+    }
     return {"env_vars": {**{k: os.environ[k] for k in _RAY_ENV}, **train}}
 
 

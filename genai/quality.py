@@ -4,7 +4,7 @@ A classifier trained on the real training images gives (1) its held-out
 accuracy, (2) features (its penultimate layer) for a Fréchet distance between
 generated and held-out real images, and (3) labels for class coverage and for
 checking that a conditional generator draws the class it was asked for.
-Torch and scipy only.
+Torch and scipy only (scipy imported where the Fréchet distance needs it).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import linalg
 from torch import nn
 
 
@@ -107,6 +106,8 @@ def load_classifier(path: str | Path) -> Classifier:
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^1/2) between two feature sets (N, D)."""
+    from scipy import linalg  # here: a VAE worker, which never computes it, skips the import
+
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
     with warnings.catch_warnings():  # near-singular is expected with few samples; handled below

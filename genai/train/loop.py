@@ -23,7 +23,7 @@ import ray.train
 import torch
 import torch.distributed as dist
 
-from genai import __version__
+from genai import __version__, timeline
 from genai import checkpoint as ckpt
 from genai.config import JobSpec
 from genai.hardware import resolve_precision
@@ -99,6 +99,8 @@ def _train(config: dict[str, Any]) -> None:
     meta = ckpt.read_meta(src) if src is not None else None
     spec = _fit_batch_to_world(spec, meta, world, say)
     task = make_task(spec, config["data"], rank, world)
+    if rank == 0:
+        timeline.mark("engines ready")
     say(
         f"{task.describe()}; {world} workers, ZeRO-{spec.deepspeed.zero_stage} {resolve_precision(spec.deepspeed.precision)}"
     )
@@ -187,6 +189,8 @@ def _train(config: dict[str, Any]) -> None:
     stop_at = min(int(config.get("stop_at") or t.max_steps), t.max_steps)
     if start == 0:
         history.append({"step": 0, **task.evaluate()})
+        if rank == 0:
+            timeline.mark("step 0 evaluated")
         say(f"step 0 {_fmt(history[-1])}")
     window_t, window_steps, first_step_at = time.perf_counter(), 0, None
     rss_first_step = 0.0
@@ -206,6 +210,8 @@ def _train(config: dict[str, Any]) -> None:
         window_steps += 1
         if first_step_at is None:
             first_step_at, rss_first_step = time.time(), _rss_peak_mb()
+            if rank == 0:
+                timeline.mark("first step")
             say(f"first step done {first_step_at - config['t_submit']:.1f}s after submit")
         last = done == stop_at
         evaluate = done % t.eval_every == 0 or last
@@ -365,14 +371,21 @@ def _check_shared_storage(staging: Path, world: int, zero_stage: int) -> None:
 
 
 def _versions() -> dict[str, str]:
-    import deepspeed
-    import transformers
+    # from the installed distributions' metadata: importing transformers only for its
+    # version string cost the GAN and VAE workers seconds at every start
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
         "genai": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "deepspeed": deepspeed.__version__,
-        "transformers": transformers.__version__,
+        "deepspeed": of("deepspeed"),
+        "transformers": of("transformers"),
         "ray": ray.__version__,
     }

@@ -20,10 +20,19 @@ from ray.train import FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from genai import checkpoint as ckpt
-from genai import cluster
+from genai import cluster, timeline
 from genai.config import JobSpec, SpecError
 from genai.families import get_family
-from genai.train.loop import train_loop_per_worker
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """The worker function, importing the training loop (DeepSpeed, the family's task) only
+    in the worker: the driver never runs them, and importing DeepSpeed costs seconds."""
+    timeline.mark("worker function entered")
+    from genai.train.loop import train_loop_per_worker as loop
+
+    timeline.mark("worker imports done")
+    loop(config)
 
 
 def prepare(spec: JobSpec, log=print) -> dict[str, Any]:
@@ -84,6 +93,7 @@ def build_trainer(
 
 def fit(trainer: TorchTrainer, root: Path) -> Path:
     """Run the trainer; returns the latest committed checkpoint under ``root``."""
+    timeline.mark("fit called")
     try:
         trainer.fit()
     except (KeyboardInterrupt, SystemExit):
@@ -136,7 +146,9 @@ def train(
     root.mkdir(parents=True, exist_ok=True)
 
     with cluster.connect(address):
+        timeline.mark("ray up")
         data = prepare(spec, log)
+        timeline.mark("data ready")
         trainer = build_trainer(
             spec, data, root, resume_from=resume_from, t_submit=t_submit, run_id=run_id
         )

@@ -23,6 +23,7 @@ from ray.train import Checkpoint
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from genai import checkpoint as ckpt
+from genai import timeline
 from genai.config import parse_job
 from genai.train.run import build_trainer, fit
 from genai.tune.spec import Sweep
@@ -45,6 +46,7 @@ class _ReportToTune(TuneReportCallback):
 
 
 def run_trial(config: dict[str, Any], *, sweep: Sweep, data: dict[str, Any]) -> None:
+    timeline.mark("trial started")
     trial_id = tune.get_context().get_trial_id()
     spec = parse_job(sweep.trial_raw(config, trial_id))  # a bad combination fails this trial only
     root = spec.checkpoint_dir
