@@ -54,7 +54,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Itera
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             logging_level=logging.WARNING,
-            runtime_env=_runtime_env(),
+            # no runtime_env: the raylet started here inherits this environment (genai's
+            # variables were set above), and so do its workers. A runtime_env would keep
+            # Ray from using the worker processes it starts ahead of time.
         )
     try:
         yield

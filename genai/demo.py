@@ -179,7 +179,7 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
     lm, gan, vae = (metas[s.name] for s in specs)
     h = lm.history
     log(
-        f"\nlm-tiny validation loss: {h[0]['val_loss']:.3f} at step 0 -> {h[-1]['val_loss']:.3f} at step {h[-1]['step']} (nats/token)"
+        f"\nlm-tiny validation loss: {h[0]['val_loss']:.3f} at step 0 -> {h[-1]['val_loss']:.3f} at step {int(h[-1]['step'])} (nats/token)"
     )
     log(
         f"lm-tiny held-out bits per byte: {h[-1]['val_bpb']:.3f}; xz -9e on the same held-out files: "
@@ -187,7 +187,7 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
     )
     g = gan.history
     log(
-        f"gan-digits feature FD: {g[0]['fd']:.1f} at step 0 -> {g[-1]['fd']:.1f} at step {g[-1]['step']} "
+        f"gan-digits feature FD: {g[0]['fd']:.1f} at step 0 -> {g[-1]['fd']:.1f} at step {int(g[-1]['step'])} "
         f"(real-vs-real floor {g[-1]['real_fd_floor']:.1f}); classes covered in 1,000 samples: {g[-1]['classes_covered']:.0f}/10; "
         f"conditional accuracy {g[-1]['cond_accuracy']:.1%}"
     )
