@@ -54,9 +54,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Itera
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             logging_level=logging.WARNING,
-            # no runtime_env: the raylet started here inherits this environment (genai's
-            # variables were set above), and so do its workers. A runtime_env would keep
-            # Ray from using the worker processes it starts ahead of time.
+            runtime_env=_runtime_env(),
         )
     try:
         yield

@@ -146,6 +146,21 @@ def test_failed_job_shows_its_error_and_stop_stops(cluster, tmp_path, corpus_dir
     r = _genai(cluster, "jobs", "stop", long, "--address", cluster.dashboard_url)
     assert r.returncode == 0 and "stopped" in r.stdout
     assert "STOPPED" in _wait_status(cluster, long, {"STOPPED", "FAILED", "SUCCEEDED"}, 60)
+    # stopped while its worker group may be starting: the run's placement group must not
+    # stay behind holding the trainers' CPUs (the next test could not start)
+    deadline = time.time() + 60
+    while (held := _placement_groups(cluster)) and time.time() < deadline:
+        time.sleep(1)
+    assert not held, held
+
+
+def _placement_groups(c: LocalCluster) -> list[str]:
+    """The cluster's placement groups not removed, from Ray's state API."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    cmd = [ray_cli, "list", "placement-groups", "--address", c.dashboard_url, "--format", "json"]
+    r = subprocess.run(cmd, env=_env(c), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return [g["placement_group_id"] for g in json.loads(r.stdout) if g["state"] != "REMOVED"]
 
 
 def test_submission_without_the_token_says_what_to_set(cluster, tmp_path, corpus_dir):

@@ -63,6 +63,21 @@ def test_cli_train_joins_a_running_ray(ray_address, tiny_raw, tmp_path):
     assert ckpt.read_meta(final).step == 3 and ckpt.read_meta(final).world_size == 1
 
 
+def test_a_batch_larger_than_the_data_is_refused_before_a_worker_starts(ray_session, tiny_raw):
+    """The driver knows the training set's size once the data is prepared: the error is
+    the spec's one line, raised before a worker group is started for nothing."""
+    from genai.config import SpecError
+    from genai.train.run import train
+
+    spec = parse_job(tiny_raw(name="tiny-big", train={"micro_batch_size": 100_000}))
+    with pytest.raises(SpecError) as info:
+        train(spec)
+    assert str(info.value).endswith(
+        "training items; need at least train.micro_batch_size*scaling.num_workers=200000"
+    )
+    assert not (spec.checkpoint_dir.parent / "ray").exists()  # no Train run was started
+
+
 def test_zero3_checkpoint_loads_in_transformers(zero3_checkpoint):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -13,17 +13,23 @@ import torch
 from genai.specbase import SpecError
 
 
+def check_items(n_items: int, micro_batch: int, world_size: int) -> None:
+    """Every worker needs a micro-batch of distinct items: checked by the driver before
+    the worker group starts, and again by each sampler."""
+    if n_items < micro_batch * world_size:
+        raise SpecError(
+            f"only {n_items} training items; need at least "
+            f"train.micro_batch_size*scaling.num_workers={micro_batch * world_size}"
+        )
+
+
 class StepSampler:
     """Item indices for (step, micro-step, rank): epochs of a seeded permutation, ranks disjoint."""
 
     def __init__(
         self, n_items: int, micro_batch: int, grad_accum: int, rank: int, world_size: int, seed: int
     ) -> None:
-        if n_items < micro_batch * world_size:
-            raise SpecError(
-                f"only {n_items} training items; need at least "
-                f"train.micro_batch_size*scaling.num_workers={micro_batch * world_size}"
-            )
+        check_items(n_items, micro_batch, world_size)
         self.n = n_items
         self.micro_batch, self.grad_accum = micro_batch, grad_accum
         self.rank, self.world_size, self.seed = rank, world_size, seed

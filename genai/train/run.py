@@ -22,6 +22,7 @@ from ray.train.torch import TorchTrainer
 from genai import checkpoint as ckpt
 from genai import cluster, timeline
 from genai.config import JobSpec, SpecError
+from genai.data.batches import check_items
 from genai.families import get_family
 
 
@@ -38,6 +39,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def prepare(spec: JobSpec, log=print) -> dict[str, Any]:
     """The family's driver-side data preparation; needs a connected Ray (``ray.put``)."""
     return get_family(spec.model.family).load("prepare")(spec, log)
+
+
+def check_fits(spec: JobSpec, data: dict[str, Any]) -> None:
+    """What the prepared data can tell before any worker starts: a batch larger than the
+    training set is a one-line spec error here, not a failed worker group."""
+    if data.get("n_train_items") is not None:
+        check_items(data["n_train_items"], spec.train.micro_batch_size, spec.scaling.num_workers)
 
 
 def build_trainer(
@@ -148,6 +156,7 @@ def train(
     with cluster.connect(address):
         timeline.mark("ray up")
         data = prepare(spec, log)
+        check_fits(spec, data)
         timeline.mark("data ready")
         trainer = build_trainer(
             spec, data, root, resume_from=resume_from, t_submit=t_submit, run_id=run_id
@@ -156,4 +165,31 @@ def train(
             f"train: {spec.name} on {spec.scaling.num_workers} worker(s), "
             f"{'GPU' if spec.scaling.use_gpu else 'CPU'}, to step {spec.train.max_steps}"
         )
-        return fit(trainer, root)
+        try:
+            return fit(trainer, root)
+        except KeyboardInterrupt:
+            _remove_placement_groups_of_this_job()
+            raise
+
+
+def _remove_placement_groups_of_this_job() -> None:
+    """Ray Train keeps its worker group's placement group alive on its own (detached) and
+    removes it when the run ends or its controller dies. A run aborted while the worker
+    group is starting (Ctrl-C, or `genai jobs stop` early in a run) was seen to leave it
+    behind, holding the workers' CPUs, so that the next run on the cluster could not
+    start. The driver of `genai train` owns nothing else: what its job still holds goes."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_placement_groups
+
+    try:
+        job = ray.get_runtime_context().get_job_id()
+        groups = list_placement_groups(filters=[("creator_job_id", "=", job)], timeout=10)
+        for group in groups:
+            if group.state != "REMOVED":
+                remove_placement_group(
+                    PlacementGroup(PlacementGroupID.from_hex(group.placement_group_id))
+                )
+    except Exception:  # the state API unreachable or Ray going down: nothing more to do here
+        pass

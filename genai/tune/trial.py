@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from genai import checkpoint as ckpt
 from genai import timeline
 from genai.config import parse_job
-from genai.train.run import build_trainer, fit
+from genai.train.run import build_trainer, check_fits, fit
 from genai.tune.spec import Sweep
 
 
@@ -49,6 +49,7 @@ def run_trial(config: dict[str, Any], *, sweep: Sweep, data: dict[str, Any]) -> 
     timeline.mark("trial started")
     trial_id = tune.get_context().get_trial_id()
     spec = parse_job(sweep.trial_raw(config, trial_id))  # a bad combination fails this trial only
+    check_fits(spec, data)  # before a worker group starts for it
     root = spec.checkpoint_dir
     ckpt.clean_staging(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ def prepare(spec: Any, log=print, images: Any = None) -> dict[str, Any]:
     )
     out = {
         "train_ref": ray.put(images.train),
+        "n_train_items": len(images.train),
         "val_ref": ray.put(images.val),
         "train_labels": None if images.train_labels is None else ray.put(images.train_labels),
         "val_labels": None if images.val_labels is None else ray.put(images.val_labels),

@@ -19,7 +19,9 @@ def prepare(spec: Any, log=print) -> dict[str, Any]:
         log(f"data: streaming {len(shards)} token shard(s) from {data.dir / 'train'}")
         train: dict[str, Any] = {"train_shards": [(str(p), n) for p, n in shards]}
     else:
-        train = {"train_ref": ray.put(data.load("train"))}
+        tokens = data.load("train")
+        # items are seq_len blocks (BlockSampler): the driver checks the batch against them
+        train = {"train_ref": ray.put(tokens), "n_train_items": len(tokens) // spec.data.seq_len}
     return {
         **train,
         "val_ref": ray.put(data.load("val")),
