@@ -35,6 +35,9 @@ def test_the_default_tier_covers_every_path():
         capture_output=True,
         text=True,
         cwd=ROOT,
+        # a session of its own: its end-of-session check for Ray processes would otherwise
+        # count this suite's Ray, which runs in the same session
+        start_new_session=True,
     )
     assert r.returncode == 0, r.stdout[-2000:]
     collected = {line.split("[")[0] for line in r.stdout.splitlines() if "::" in line}
