@@ -1,13 +1,13 @@
-"""The extra ``NAME==VERSION`` pins an offline GPU host needs for genai, for
-``../shared/tools/gpu_wheels.py``: genai's runtime dependencies (with their own, from
-this environment's installed metadata), less what such a host has (GPU.md: torch,
-transformers, pyarrow, prometheus-client, numpy, pytest, and theirs) and what
-gpu_wheels.py pins already (Ray, DeepSpeed, pydantic, jsonschema).
+"""The extra ``NAME==VERSION`` pins an offline GPU host needs for genai, to hand to a
+wheel builder (its arguments): genai's runtime dependencies (with their own, from this
+environment's installed metadata), less what such a host is known to have (torch,
+transformers, pyarrow, prometheus-client, numpy, pytest, and theirs) and what the builder
+pins already (Ray, DeepSpeed, pydantic, jsonschema).
 
-    python ../shared/tools/gpu_wheels.py $(python bench/gpu_pins.py)
+    python WHEEL_BUILDER $(python bench/gpu_pins.py)
 
 That list is an upper bound (70 distributions here, some large: scipy, matplotlib, pandas,
-grpcio), as what a host has beyond GPU.md's list is not known from here, and .whl/ must stay
+grpcio), as what a host has beyond that list is not known from here, and .whl/ must stay
 small to travel. ``--missing``, run on the host itself (a second's work, no genai import),
 names genai's direct requirements (pyproject.toml) that are not installed there; what those
 need in turn shows as the first ImportError:

@@ -12,7 +12,7 @@ Rows (--rows, in this order): eager, compile, genai (cold: the first genai comma
 the machine), genai-warm (the same command again: what the caches buy), gan-plain, gan,
 vae-plain, vae, serve (needs the genai and gan rows' checkpoints), serve-plain.
 
-Data: random token ids (as GPU.md's reference rows), written as a pre-tokenized corpus
+Data: random token ids (like the usual MFU reference runs), written as a pre-tokenized corpus
 (`data.format: tokens`, streamed) with a synthetic tokenizer of GPT-2's vocabulary size,
 so nothing is tokenized or downloaded. Each row runs as its own command; tokens/s is the
 median over log windows after the first, "command -> first step" includes interpreter
@@ -20,7 +20,7 @@ start, imports, Ray, DeepSpeed's initialize (and op builds) and compilation.
 
 MFU counts 6N + 12*L*H*Q*T FLOPs per token (N: parameters without position embeddings,
 L layers, H heads, Q head size, T sequence) against 989 TFLOP/s (H100/H200 dense bf16),
-as in GPU.md. Results: runs/bench/gpu_train.json.
+(the PaLM paper's accounting). Results: runs/bench/gpu_train.json.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def flops_per_token(spec: dict, n_params_no_pos: int) -> float:
 
 
 def count_params(spec: dict, vocab_size: int) -> int:
-    """Parameters without position embeddings (GPU.md's N), of the model genai builds."""
+    """Parameters without position embeddings (the N of 6N), of the model genai builds."""
     import torch
 
     from genai.config import ModelSpec

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import ray
 
-# Measured here (FACTS.md): running Serve user code and the router on the replica's
-# main loop saves a thread hop per request. Set before Ray starts so the raylet's
+# Running Serve user code and the router on the replica's main loop saves a thread hop
+# per request (bench/serve_throughput.py measures it). Set before Ray starts so the raylet's
 # workers inherit them; a user's own setting wins.
 _RAY_ENV = {
     "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
@@ -64,7 +64,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Itera
 
 def _token_auth() -> None:
     """Send Ray's auth token, as a Ray 2.60 cluster (`ray start --head`) requires: without
-    it a driver fails with AuthenticationError after ~20 s (FACTS.md). Ray caches the mode
+    it a driver fails with AuthenticationError after a long wait. Ray caches the mode
     when it is imported, so setting RAY_AUTH_MODE now must refresh its config, which is what
     Ray's own helper does. An explicit RAY_AUTH_MODE wins."""
     if "RAY_AUTH_MODE" in os.environ:

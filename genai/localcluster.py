@@ -169,7 +169,7 @@ class LocalCluster:
                 f"--port={self.port}",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={self.dashboard_port}",
-                # outside the worker port range (10002-19999), FACTS.md
+                # Ray refuses a client server port inside its worker port range (10002-19999)
                 f"--ray-client-server-port={self._client_port()}",
             ]
         else:

@@ -81,8 +81,8 @@ async def _api_error(_: Request, exc: APIError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's default echoes the input back (a 7.9 MB bad field gave a 5.2 MB error body,
-    # FACTS.md): report the field and the rule only.
+    # FastAPI's default echoes the input back (a multi-megabyte bad field would come back
+    # as a multi-megabyte error body): report the field and the rule only.
     err = exc.errors()[0]
     # loc is ("body", field, <union member / index>...): the request's field is what the client knows
     loc = [str(p) for p in err.get("loc", ()) if p != "body"]
@@ -438,8 +438,8 @@ class Gateway:
         return await self._images("/v1/vae/interpolate", "interpolate", body, {"steps": body.steps})
 
 
-# Serve settings that cut per-request overhead (FACTS.md: up to 257 against 185 req/s at
-# c=32 for a tiny model): user code runs on the replica's own event loop. Every handler
+# Serve settings that cut per-request overhead (a thread hop per request; see the README's
+# serving benchmark): user code runs on the replica's own event loop. Every handler
 # here awaits (model work runs in threads), so nothing blocks that loop.
 REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 

@@ -151,7 +151,7 @@ class Engine:
 
         Under ZeRO 0-2 the plain module: the engine's hooks would run inside the other
         engine's backward and fail. Under ZeRO-3 the engine: it must gather its partitioned
-        parameters (FACTS.md: the one combination that worked at every stage)."""
+        parameters (the one combination that runs under every ZeRO stage)."""
         return self.ds_engine if self.zero_stage == 3 else self.ds_engine.module
 
     @property
