@@ -13,6 +13,8 @@ from pathlib import Path
 
 import ray
 
+from genai import timeline
+
 # Running Serve user code and the router on the replica's main loop saves a thread hop
 # per request (bench/serve_throughput.py measures it). Set before Ray starts so the raylet's
 # workers inherit them; a user's own setting wins.
@@ -90,9 +92,7 @@ def _token_auth() -> None:
 def _runtime_env() -> dict:
     # Ray Train's own settings (RAY_TRAIN_*) are read by its controller and workers, which
     # run in the job's runtime env, not the driver's: pass on what the user set
-    train = {
-        k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_") or k == "GENAI_TIMELINE"
-    }
+    train = {k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_") or k == timeline.ENV}
     return {"env_vars": {**{k: os.environ[k] for k in _RAY_ENV}, **train}}
 
 

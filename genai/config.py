@@ -465,14 +465,10 @@ def _read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_job(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
-    return parse_job(read_job_raw(path, overrides))
-
-
-def read_job_raw(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """A job spec file as a validated dict, its paths made absolute (see :func:`PathField`)."""
+    """A job spec file with ``--set`` overrides, its paths made absolute (:func:`PathField`)."""
     raw = apply_overrides(_read_yaml(path), overrides)
     raw.setdefault("name", Path(path).stem)
-    return absolute_paths(raw)
+    return parse_job(absolute_paths(raw))
 
 
 def absolute_paths(raw: dict[str, Any]) -> dict[str, Any]:

@@ -98,9 +98,9 @@ def _train(config: dict[str, Any]) -> None:
     src = _resume_source(config, root)
     meta = ckpt.read_meta(src) if src is not None else None
     spec = _fit_batch_to_world(spec, meta, world, say)
+    mark = timeline.mark if rank == 0 else (lambda phase: None)
     task = make_task(spec, config["data"], rank, world)
-    if rank == 0:
-        timeline.mark("engines ready")
+    mark("engines ready")
     say(
         f"{task.describe()}; {world} workers, ZeRO-{spec.deepspeed.zero_stage} {resolve_precision(spec.deepspeed.precision)}"
     )
@@ -189,8 +189,7 @@ def _train(config: dict[str, Any]) -> None:
     stop_at = min(int(config.get("stop_at") or t.max_steps), t.max_steps)
     if start == 0:
         history.append({"step": 0, **task.evaluate()})
-        if rank == 0:
-            timeline.mark("step 0 evaluated")
+        mark("step 0 evaluated")
         say(f"step 0 {_fmt(history[-1])}")
     window_t, window_steps, first_step_at = time.perf_counter(), 0, None
     rss_first_step = 0.0
@@ -210,8 +209,7 @@ def _train(config: dict[str, Any]) -> None:
         window_steps += 1
         if first_step_at is None:
             first_step_at, rss_first_step = time.time(), _rss_peak_mb()
-            if rank == 0:
-                timeline.mark("first step")
+            mark("first step")
             say(f"first step done {first_step_at - config['t_submit']:.1f}s after submit")
         last = done == stop_at
         evaluate = done % t.eval_every == 0 or last

@@ -35,7 +35,7 @@ from genai.config import (
     validation_message,
 )
 from genai.families import get_family
-from genai.specbase import PathField, Section, SpecError
+from genai.specbase import Section, SpecError
 
 _KINDS = ("loguniform", "uniform", "choice", "grid")
 _DIMENSION = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$", re.S)
@@ -160,7 +160,9 @@ class SweepSpec(Section):
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="default: as many as the cluster's resources fit"
     )
-    storage: str | None = PathField(None, description="default runs/<name>")
+    storage: str | None = Field(
+        None, description="default runs/<name>; made absolute when the sweep is loaded"
+    )
 
     @model_validator(mode="after")
     def _space_fits_scheduler(self) -> SweepSpec:

@@ -8,9 +8,10 @@ Each trial commits genai checkpoints under ``<sweep>/trials/<trial_id>/``. Where
 starts: a checkpoint Tune hands it (a PBT exploit, or a restored sweep), else the
 latest in its own directory (a sweep resumed after its driver died), else step 0.
 
-PBT needs Tune to hold checkpoints, and ``TuneReportCallback`` forwards metrics only
-(a reported Train checkpoint reaches Tune as a ``checkpoint_path`` string). So under PBT a trial fits in segments of ``perturbation_interval`` steps,
-and after each the trial function reports the committed checkpoint itself.
+PBT needs Tune to hold checkpoints, and ``TuneReportCallback`` forwards metrics only (a
+reported Train checkpoint reaches Tune as a ``checkpoint_path`` string). So under PBT a
+trial fits in segments of ``perturbation_interval`` steps, and after each the trial
+function reports the committed checkpoint itself.
 """
 
 from __future__ import annotations

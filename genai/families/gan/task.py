@@ -20,8 +20,9 @@ from genai.train.tasks import all_mean
 
 class GANTask(ImageTask):
     """Two DeepSpeed engines, G and D, each with its own optimizer, in the one step shape that
-    runs under ZeRO 0-3 (two D forwards in one backward fail: a gradient reduced twice). D: one forward over [real; fake.detach()], one backward. G: D frozen,
-    D's logits on fresh fakes, backward/step on G only."""
+    runs under ZeRO 0-3 (two D forwards in one backward fail: a gradient reduced twice).
+    D: one forward over [real; fake.detach()], one backward. G: D frozen, D's logits on
+    fresh fakes, backward/step on G only."""
 
     def __init__(self, spec: JobSpec, data: dict[str, Any], rank: int, world_size: int) -> None:
         super().__init__(spec, data, rank, world_size)
