@@ -142,3 +142,32 @@ def test_set_inside_overrides_is_a_dotted_key_as_in_the_file(tmp_path):
     assert sweep.spec.overrides == {"train.max_steps": 60}
     assert sweep.base.train.max_steps == 60
     assert list(sweep.spec.space) == ["train.lr"] and sweep.spec.space["train.lr"].values == [2e-3]
+
+
+def test_pbt_pauses_at_a_perturbation_point_but_not_at_the_last_step():
+    # Stock PBT pauses (and may exploit) a trial whose final report falls on a perturbation
+    # point; restarted at max_steps it has nothing to train and its row lost its results.
+    from types import SimpleNamespace
+
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from genai.tune.schedulers import FinishingPBT
+
+    trial = Trial("run_trial", config={"train.lr": 1e-3}, stub=True)
+    controller = SimpleNamespace(
+        search_alg=None, get_live_trials=lambda: [trial], get_trials=lambda: [trial]
+    )
+    pbt = FinishingPBT(
+        max_steps=8,
+        time_attr="step",
+        metric="val_loss",
+        mode="min",
+        perturbation_interval=4,
+        hyperparam_mutations={"train.lr": [1e-3, 1e-4]},
+        synch=True,
+    )
+    pbt.on_trial_add(controller, trial)
+    assert pbt.on_trial_result(controller, trial, {"step": 4, "val_loss": 1.0}) == "PAUSE"
+    last = pbt.on_trial_result(controller, trial, {"step": 8, "val_loss": 0.9})
+    assert last == TrialScheduler.CONTINUE

@@ -15,7 +15,6 @@ from pathlib import Path
 import ray
 from ray import tune
 from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from genai import cluster
@@ -31,6 +30,7 @@ from genai.tune.results import (
     promote,
     save_tables,
 )
+from genai.tune.schedulers import build_scheduler
 from genai.tune.spec import Sweep
 from genai.tune.trial import run_trial
 
@@ -49,27 +49,6 @@ class SweepResult:
     best: TrialRow
     best_checkpoint: Path
     files: dict[str, Path]
-
-
-def _scheduler(sweep: Sweep):
-    s, max_steps = sweep.spec.scheduler, sweep.base.train.max_steps
-    if s.kind == "asha":
-        return ASHAScheduler(
-            time_attr="step",
-            max_t=max_steps,
-            grace_period=min(s.grace_period, max_steps),
-            reduction_factor=s.reduction_factor,
-        )
-    if s.kind == "pbt":
-        return PopulationBasedTraining(
-            time_attr="step",
-            perturbation_interval=s.perturbation_interval,
-            hyperparam_mutations={k: d.to_tune() for k, d in sweep.spec.space.items()},
-            quantile_fraction=s.quantile_fraction,
-            resample_probability=s.resample_probability,
-            synch=s.synch,
-        )
-    return FIFOScheduler()
 
 
 def concurrent_trials(sweep: Sweep) -> int:
@@ -137,7 +116,7 @@ def tune_sweep(
                     metric=sweep.metric,
                     mode=sweep.mode,
                     num_samples=sweep.num_samples,
-                    scheduler=_scheduler(sweep),
+                    scheduler=build_scheduler(sweep),
                     # the generator itself must hold trials back: Tune does not limit a
                     # search_alg it is handed
                     search_alg=BasicVariantGenerator(

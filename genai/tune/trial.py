@@ -57,21 +57,25 @@ def run_trial(config: dict[str, Any], *, sweep: Sweep, data: dict[str, Any]) -> 
 
     given = tune.get_checkpoint()
     resume_from = Path(given.path) if given is not None else ckpt.find_latest(root)
-    step = ckpt.read_meta(resume_from).step if resume_from else 0
-    max_steps = spec.train.max_steps
+    meta = ckpt.read_meta(resume_from) if resume_from else None
+    step, max_steps = (meta.step if meta else 0), spec.train.max_steps
     storage = root.parent / "ray"
+    if meta is not None and step >= max_steps:
+        # handed a finished checkpoint (a sweep resumed after its driver died at the end):
+        # its result still belongs in this trial's record
+        tune.report({**meta.metrics, "step": meta.step})
+        return
 
     if sweep.spec.scheduler.kind != "pbt":
-        if step < max_steps:
-            trainer = build_trainer(
-                spec,
-                data,
-                root,
-                resume_from=resume_from,
-                callbacks=[_ReportToTune()],
-                storage_path=storage,
-            )
-            fit(trainer, root)
+        trainer = build_trainer(
+            spec,
+            data,
+            root,
+            resume_from=resume_from,
+            callbacks=[_ReportToTune()],
+            storage_path=storage,
+        )
+        fit(trainer, root)
         return
 
     interval = sweep.spec.scheduler.perturbation_interval
