@@ -36,6 +36,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/vermin --target=3.10- --no-tips --violations -q genai tests bench
+	$(BIN)/mypy
 
 format: install
 	$(BIN)/ruff format .

@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
@@ -136,12 +136,17 @@ class CheckpointSpec(Section):
 
 # One model section and one data section per family (discriminated by `family` / `kind`),
 # and each family's own top-level section: all from the registry in genai/families.
-_ModelSpecs = Annotated[
-    Union[tuple(f.model_spec for f in FAMILIES.values())],  # noqa: UP007
-    Field(discriminator="family"),
-]
 _DATA_SPECS = {f.data_spec.model_fields["kind"].default: f.data_spec for f in FAMILIES.values()}
-_DataSpecs = Annotated[Union[tuple(_DATA_SPECS.values())], Field(discriminator="kind")]  # noqa: UP007
+if TYPE_CHECKING:
+    # unions of whatever families are installed: a family's code narrows them to its own
+    _ModelSpecs = Any
+    _DataSpecs = Any
+else:
+    _ModelSpecs = Annotated[
+        Union[tuple(f.model_spec for f in FAMILIES.values())],  # noqa: UP007
+        Field(discriminator="family"),
+    ]
+    _DataSpecs = Annotated[Union[tuple(_DATA_SPECS.values())], Field(discriminator="kind")]  # noqa: UP007
 _SECTIONS = {name: f.section for name, f in FAMILIES.items() if f.section is not None}
 
 
@@ -153,6 +158,11 @@ class _JobSpecBase(Section):
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            """A family's own section (``spec.gan``), added to ``JobSpec`` at run time."""
 
     @model_validator(mode="before")
     @classmethod
@@ -211,13 +221,18 @@ class _JobSpecBase(Section):
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-# `gan: ...`, `vae: ...`: a family's own section, present only for that family
-JobSpec = create_model(
-    "JobSpec",
-    __base__=_JobSpecBase,
-    __doc__="A job spec: one YAML file under jobs/, validated.",
-    **{name: (section | None, None) for name, section in _SECTIONS.items()},
-)
+if TYPE_CHECKING:
+    # built at run time from the registry; a type checker knows the common sections, and a
+    # family's own section (`gan:`) is reached through getattr
+    JobSpec = _JobSpecBase
+else:
+    # `gan: ...`, `vae: ...`: a family's own section, present only for that family
+    JobSpec = create_model(
+        "JobSpec",
+        __base__=_JobSpecBase,
+        __doc__="A job spec: one YAML file under jobs/, validated.",
+        **{name: (section | None, None) for name, section in _SECTIONS.items()},
+    )
 
 
 # --------------------------------------------------------------------------- serve spec

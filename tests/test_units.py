@@ -273,7 +273,7 @@ def test_serving_imports_no_training_code():
     code = (
         "import sys, genai.serve.app, genai.serve.run\n"
         "from genai.families import FAMILIES\n"
-        "for f in FAMILIES.values(): f.load('server')\n"
+        "for f in FAMILIES.values(): f.load_server()\n"
         "print(sorted(m for m in sys.modules if m.startswith('genai.train') or m == 'deepspeed'))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -1,20 +1,45 @@
-"""The registry of model families. A new family is a package here plus its model file.
+"""The registry of model families: the built-in ones, and any that installed packages
+register under the ``genai.families`` entry-point group::
 
-    genai/families/<name>/__init__.py   spec sections, objective, FAMILY = Family(...)
-    genai/families/<name>/data.py       driver-side data preparation
-    genai/families/<name>/task.py       the training task (steps, evaluation, export)
-    genai/families/<name>/serving.py    checkpoint loader and the server the gateway holds
-    genai/models/<name>.py              the torch model
+    # the plugin's pyproject.toml
+    [project.entry-points."genai.families"]
+    mog = "genai_mog:FAMILY"
 
-and one line in ``FAMILIES`` below.
+A family is a :class:`~genai.families.base.Family`; the README's "Adding a family" lists
+what one writes. Entry points are read when this module is first imported, in every
+process (driver, Train workers, Serve replicas alike), so a family installed in the
+environment is known everywhere without further registration.
 """
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
+
 from genai.families import gan, lm, vae
 from genai.families.base import Family
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (lm.FAMILY, gan.FAMILY, vae.FAMILY)}
+GROUP = "genai.families"
+
+
+def _discover() -> dict[str, Family]:
+    found = {f.name: f for f in (lm.FAMILY, gan.FAMILY, vae.FAMILY)}
+    for ep in entry_points(group=GROUP):
+        family = ep.load()
+        if not isinstance(family, Family):
+            raise TypeError(
+                f"entry point {ep.name!r} ({ep.value}) in group {GROUP!r} is a "
+                f"{type(family).__name__}, not a genai Family"
+            )
+        if family.name in found:
+            raise ValueError(
+                f"entry point {ep.name!r} ({ep.value}) registers family {family.name!r}, "
+                "which is already registered"
+            )
+        found[family.name] = family
+    return found
+
+
+FAMILIES: dict[str, Family] = _discover()
 
 
 def get_family(name: str) -> Family:

@@ -14,9 +14,12 @@ import fnmatch
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from genai.specbase import Section
+
+if TYPE_CHECKING:
+    from genai.families.contract import Prepare, ServerFactory, TaskFactory
 
 
 def load_attr(target: str) -> Any:
@@ -38,12 +41,13 @@ class Family:
     lr_keys: tuple[str, ...]
     """the dotted keys that are learning rates (PBT perturbs these by default)"""
     prepare: str
-    """driver side: ``prepare(spec, log) -> dict`` of data for the workers (Ray connected)"""
+    """driver side, a :class:`~genai.families.contract.Prepare`: the job's data for the
+    workers (Ray connected)"""
     task: str
-    """worker side: ``Task(spec, data, rank, world_size)`` (see genai/train/tasks.py)"""
+    """worker side, a :class:`~genai.families.contract.TaskFactory`"""
     server: str
-    """serving: ``server(directory, meta, serve_spec) -> object`` held in the gateway replica
-    (``info()``, ``close()`` and the family's request methods)"""
+    """serving side, a :class:`~genai.families.contract.ServerFactory`: the object a model
+    replica holds per checkpoint"""
     section: type[Section] | None = None
     """the family's own top-level section (``gan:``, ``vae:``), if it has one"""
     check: Callable[[Any], None] | None = field(default=None, repr=False)
@@ -52,5 +56,11 @@ class Family:
     def knows_metric(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.metrics)
 
-    def load(self, part: Literal["prepare", "task", "server"]) -> Any:
-        return load_attr(getattr(self, part))
+    def load_prepare(self) -> Prepare:
+        return cast("Prepare", load_attr(self.prepare))
+
+    def load_task(self) -> TaskFactory:
+        return cast("TaskFactory", load_attr(self.task))
+
+    def load_server(self) -> ServerFactory:
+        return cast("ServerFactory", load_attr(self.server))

@@ -80,7 +80,7 @@ class Registry:
 
     def _load(self, source: str, directory: Path) -> Served:
         meta = read_meta(directory)
-        server = get_family(meta.family).load("server")(directory, meta, self.spec)
+        server = get_family(meta.family).load_server()(directory, meta, self.spec)
         metrics.model_step().set(meta.step, tags={"model": meta.name})
         return Served(source, directory, meta.family, meta.spec_hash, server, server.info())
 

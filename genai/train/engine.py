@@ -130,7 +130,8 @@ class Engine:
         return self.ds_engine.device
 
     @property
-    def module(self) -> torch.nn.Module:
+    def module(self) -> Any:
+        """The family's own model (its class has the methods the family calls on it)."""
         return self.ds_engine.module
 
     def __call__(self, *args, **kwargs):

@@ -125,7 +125,7 @@ def _train(config: dict[str, Any]) -> None:
     _barrier()
     if src is None and restarted:
         say("recovered from a failure: no checkpoint committed yet, starting again at step 0")
-    if src is not None:
+    if src is not None and meta is not None:
         start = _load_engines(task, src, meta, root, config["run_id"], world, rank, say)
         history, curves = list(meta.history), list(meta.curves)
         # a Ray Train restart finds its first start's marker; a --resume keeps the run id
@@ -245,7 +245,7 @@ def _train(config: dict[str, Any]) -> None:
             say(
                 f"step {done}/{t.max_steps} {_fmt(out)}"
                 + (f" | {_fmt(evaluation)}" if evaluate else "")
-                + f" | lr {metrics['lr']:.2e} {metrics[rate_key]:,.0f} {'tok' if task.unit == 'tokens' else 'img'}/s"
+                + f" | lr {metrics['lr']:.2e} {metrics[rate_key]:,.0f} {task.unit_label}/s"
             )
             window_t, window_steps = time.perf_counter(), 0
         every = spec.checkpoint.every_steps

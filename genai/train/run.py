@@ -38,7 +38,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def prepare(spec: JobSpec, log=print) -> dict[str, Any]:
     """The family's driver-side data preparation; needs a connected Ray (``ray.put``)."""
-    return get_family(spec.model.family).load("prepare")(spec, log)
+    return get_family(spec.model.family).load_prepare()(spec, log)
 
 
 def check_fits(spec: JobSpec, data: dict[str, Any]) -> None:
@@ -79,7 +79,7 @@ def build_trainer(
         resources["GPU"] = 1
     # min_workers: elastic, the worker group restarts on whatever fits (down to min_workers)
     # after a node is lost, and grows back when it returns; otherwise it waits for it
-    workers = sc.num_workers if sc.min_workers is None else (sc.min_workers, sc.num_workers)
+    workers: Any = sc.num_workers if sc.min_workers is None else (sc.min_workers, sc.num_workers)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,

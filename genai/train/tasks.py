@@ -61,4 +61,4 @@ def tensor_or_none(ref: Any) -> torch.Tensor | None:
 
 
 def make_task(spec: JobSpec, data: dict[str, Any], rank: int, world_size: int):
-    return get_family(spec.model.family).load("task")(spec, data, rank, world_size)
+    return get_family(spec.model.family).load_task()(spec, data, rank, world_size)

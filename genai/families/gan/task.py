@@ -49,7 +49,9 @@ class GANTask(ImageTask):
             disc, ds, t, world_size, lr=g.d_lr, betas=(g.beta1, g.beta2), weight_decay=0.0
         )
         # constants that put the FD in context (computed once by the driver)
-        self.reference = {k: data[k] for k in ("real_fd_floor", "classifier_accuracy") if k in data}
+        self.reference: dict[str, float] = {
+            k: data[k] for k in ("real_fd_floor", "classifier_accuracy") if k in data
+        }
 
     @property
     def engines(self) -> dict[str, Engine]:
@@ -90,7 +92,8 @@ class GANTask(ImageTask):
             fake = self.g(
                 torch.randn(n, self.cfg.latent_dim, device=self.g.device, dtype=self.dtype), fake_y
             )
-        logits = self.d(torch.cat([real, fake]), None if y is None else torch.cat([y, fake_y]))
+        labels = None if y is None or fake_y is None else torch.cat([y, fake_y])
+        logits = self.d(torch.cat([real, fake]), labels)
         loss = d_loss(logits[:n], logits[n:], self.spec.gan.loss)
         self.d.backward(loss)
         self.d.step()

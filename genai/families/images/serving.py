@@ -34,7 +34,7 @@ class LoadedImageModel:
     name: str
     path: Path
     meta: Meta
-    model: torch.nn.Module  # Generator (GAN) or VAE
+    model: Any  # a GAN's Generator or a VAE: each has the methods its family's routes call
 
     @property
     def family(self) -> str:
@@ -64,8 +64,9 @@ class ImageServer:
         self.m = load_image_model(directory)
         self.cfg = self.m.model.cfg
         self._lock = threading.Lock()
-        self._generate_batch.set_max_batch_size(spec.images.max_batch_size)
-        self._generate_batch.set_batch_wait_timeout_s(spec.images.batch_wait_timeout_s)
+        batcher: Any = self._generate_batch  # @serve.batch's wrapper, sized by the serve spec
+        batcher.set_max_batch_size(spec.images.max_batch_size)
+        batcher.set_batch_wait_timeout_s(spec.images.batch_wait_timeout_s)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -21,7 +21,7 @@ CLASSIFIER = "classifier.safetensors"
 class ImageTask:
     """What GAN and VAE training share: image batches, per-rank eval images, the classifier."""
 
-    unit = "images"
+    unit, unit_label = "images", "img"
 
     def __init__(self, spec: JobSpec, data: dict[str, Any], rank: int, world_size: int) -> None:
         self.spec, self.rank, self.world_size = spec, rank, world_size
@@ -64,7 +64,7 @@ class ImageTask:
     def _export_engine(self, engine: Engine, path: Path) -> int:
         """Consolidated weights of one engine (collective); returns the tensor count on rank 0."""
         state = engine.full_state_dict()
-        if self.rank == 0:
+        if self.rank == 0 and state is not None:
             save_file({k: v.contiguous() for k, v in state.items()}, path)
             return len(state)
         return 0

@@ -150,8 +150,8 @@ class LMServer:
                 f"model {self.lm.name!r} has no chat template (its tokenizer defines none); "
                 "use /v1/completions with a plain prompt"
             )
-        return self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
+        return str(
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         )
 
     def open(self, req: dict[str, Any], prompt: str, stream: bool) -> Generation:
@@ -174,7 +174,7 @@ class LMServer:
 
     def _decode(self, ids: list[int]) -> str:
         # no clean-up of spaces: the text of a prefix stays a prefix of the text (streams)
-        return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        return str(self.tokenizer.decode(ids, clean_up_tokenization_spaces=False))
 
     async def complete(self, gen: Generation) -> Generation:
         """Decode to the end; cancelling the awaiting task frees the sequence's slot."""

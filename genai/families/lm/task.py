@@ -22,7 +22,7 @@ from genai.train.tasks import all_mean, get_ref
 class LMTask:
     """Causal language modelling on token blocks: loss is next-token cross-entropy (nats)."""
 
-    unit = "tokens"
+    unit, unit_label = "tokens", "tok"
 
     def __init__(self, spec: JobSpec, data: dict[str, Any], rank: int, world_size: int) -> None:
         self.spec, self.rank, self.world_size = spec, rank, world_size
@@ -32,6 +32,7 @@ class LMTask:
         self.xz_bpb: float | None = data.get("xz_bpb")
         t, d = spec.train, spec.data
         batching = (d.seq_len, t.micro_batch_size, t.grad_accum_steps, rank, world_size, t.seed)
+        self.sampler: StreamSampler | BlockSampler
         if "train_shards" in data:  # data.streaming
             self.sampler = StreamSampler(data["train_shards"], *batching)
         else:
