@@ -259,31 +259,6 @@ class AutoscalingSpec(Section):
         return self
 
 
-class DecodingSpec(Section):
-    """Continuous batching of LM requests inside a replica (genai/models/decoding.py)."""
-
-    max_batch_size: int = Field(
-        32, ge=1, le=1024, description="sequences decoded together; more requests queue"
-    )
-    max_batch_tokens: int = Field(
-        16384,
-        ge=16,
-        description="cap on prompt + max_tokens summed over the batch (KV cache memory)",
-    )
-    lean_forward: bool = Field(
-        True,
-        description="decode GPT-2 checkpoints with genai's lean forward pass (same weights and "
-        "arithmetic as transformers', less per-step overhead); false: transformers' own",
-    )
-
-
-class ImageBatchSpec(Section):
-    """``@serve.batch`` for image generation requests."""
-
-    max_batch_size: int = Field(16, ge=1, le=1024)
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
-
-
 class GenerationLogSpec(Section):
     """What each request leaves in the generation log (:mod:`genai.serve.genlog`)."""
 
@@ -321,7 +296,7 @@ class GatewaySpec(Section):
     )
 
 
-class ServeSpec(Section):
+class _ServeSpecBase(Section):
     host: str = Field("127.0.0.1", description="bind address of the HTTP proxy")
     port: int = Field(8000, ge=1, le=65535)
     checkpoints: list[str] = Field(default_factory=list, description="checkpoint dirs to serve")
@@ -344,8 +319,6 @@ class ServeSpec(Section):
     max_body_bytes: int = Field(
         1_000_000, ge=1024, description="requests with larger bodies get 413"
     )
-    lm: DecodingSpec = Field(default_factory=DecodingSpec)
-    images: ImageBatchSpec = Field(default_factory=ImageBatchSpec)
     api_keys_env: str = Field(
         "GENAI_API_KEYS",
         description="env var with comma-separated `name:key` pairs; no keys anywhere: open API",
@@ -365,6 +338,19 @@ class ServeSpec(Section):
     watch_interval_s: float = Field(2.0, gt=0, description="seconds between watch passes")
     generation_log: GenerationLogSpec = Field(default_factory=GenerationLogSpec)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+
+
+# each family's serve section (`lm: {max_batch_size: ...}`), shared ones once
+_SERVE_SECTIONS = dict(f.serve_section for f in FAMILIES.values() if f.serve_section is not None)
+if TYPE_CHECKING:
+    ServeSpec = _ServeSpecBase
+else:
+    ServeSpec = create_model(
+        "ServeSpec",
+        __base__=_ServeSpecBase,
+        __doc__="A serve spec: one YAML file under serve/, validated.",
+        **{k: (section, Field(default_factory=section)) for k, section in _SERVE_SECTIONS.items()},
+    )
 
 
 # --------------------------------------------------------------------------- loading

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+from pydantic import BaseModel
+
+from genai.serve.api import Route
 from genai.specbase import Section
 
 if TYPE_CHECKING:
@@ -52,6 +55,15 @@ class Family:
     """the family's own top-level section (``gan:``, ``vae:``), if it has one"""
     check: Callable[[Any], None] | None = field(default=None, repr=False)
     """cross-section rules for a whole ``JobSpec``; raise ValueError naming the key"""
+    # ---- serving: what the family adds to the HTTP application (genai/serve/api.py)
+    routes: tuple[Route, ...] = ()
+    """its HTTP routes; families that share one list the same Route"""
+    card_fields: type[BaseModel] | None = None
+    """fields its servers' ``info()`` adds to the model card (``GET /v1/models``)"""
+    log_fields: type[BaseModel] | None = None
+    """columns its routes add to the generation log (set on the request's record)"""
+    serve_section: tuple[str, type[Section]] | None = None
+    """its section of the serve spec (``lm: {max_batch_size: ...}``), if it has one"""
 
     def knows_metric(self, name: str) -> bool:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.metrics)

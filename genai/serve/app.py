@@ -13,19 +13,17 @@ replica.
 # No `from __future__ import annotations` here: Serve wraps the ingress methods, and
 # FastAPI then cannot resolve string annotations (the body became a query parameter).
 import asyncio
-import base64
 import contextlib
-import json
+import inspect
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
@@ -34,30 +32,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from genai.checkpoint import read_meta, resolve
 from genai.config import ServeSpec
 from genai.families import get_family
+from genai.families.base import load_attr
 
 # modules, not their names: this file's classes are pickled by value (a ContextVar cannot be)
 from genai.serve import genlog, keys, metrics
+from genai.serve import routes as surface
+from genai.serve.api import Route
 from genai.serve.errors import APIError
 from genai.serve.models import Models
-from genai.serve.schemas import (
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    CompletionRequest,
-    CompletionResponse,
-    FeedbackRequest,
-    FeedbackResponse,
-    ImageGenerationRequest,
-    ImagesResponse,
-    InterpolateRequest,
-    ModelCard,
-    ModelList,
-    ReconstructRequest,
-)
+from genai.serve.schemas import FeedbackResponse, feedback_request, model_card, model_list
 
 app = FastAPI(
     title="genai",
-    description="Completions, chat and images from genai checkpoints (OpenAI-style API)",
+    description="Every registered family's routes over genai checkpoints (OpenAI-style API)",
 )
+ModelCard = model_card(surface.card_fields())
+ModelList = model_list(ModelCard)
+ID_PREFIX = surface.id_prefixes()
+FeedbackRequest = feedback_request(ID_PREFIX.values())
+GENERATIONS = genlog.generations_schema(surface.log_fields())
 
 
 def _error(
@@ -172,44 +165,44 @@ class LimitsAndAuth:
 app.add_middleware(LimitsAndAuth)
 
 
-# Helpers live above the Gateway: Serve pickles the decorated class by value when it is
-# defined, and a global defined after it would be missing in the replica.
-def _sse(payload: dict[str, Any] | str) -> str:
-    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
-
-
-ID_PREFIX = {
-    "/v1/completions": "cmpl",
-    "/v1/chat/completions": "chatcmpl",
-    "/v1/images/generations": "img",
-    "/v1/vae/reconstruct": "img",
-    "/v1/vae/interpolate": "img",
-}
-
-
-def _usage(out: dict[str, Any]) -> dict[str, int]:
-    return {
-        "prompt_tokens": out["prompt_tokens"],
-        "completion_tokens": out["completion_tokens"],
-        "total_tokens": out["prompt_tokens"] + out["completion_tokens"],
-    }
-
-
-def _lm_body(body: Any) -> dict[str, Any]:
-    """The validated request as the model replica takes it."""
-    req = body.model_dump()
-    if isinstance(body, ChatCompletionRequest):
-        explicit = "max_tokens" in body.model_fields_set or body.max_completion_tokens is not None
-        req["max_tokens_default"] = not explicit
-    return req
-
-
+# Helpers and family routes live above the Gateway: Serve pickles the decorated class (and
+# the app) by value when it is defined, and what is added after would be missing in the replica.
 def _refused(out: Any) -> Any:
     """A model replica's answer; its ``{"error": ...}`` for a bad request is raised here."""
     if isinstance(out, dict) and "error" in out:
         e = out["error"]
         raise APIError(e["status"], e["message"], e["param"], e["kind"])
     return out
+
+
+def _family_endpoint(route: Route):
+    """A POST endpoint for a family's route: FastAPI validates ``route.request`` (its
+    signature is set below, as FastAPI reads it), and the route's gateway handler answers
+    with the Gateway replica as its :class:`~genai.serve.api.GatewayCalls`."""
+
+    async def endpoint(request: Request, body: Any) -> Any:
+        gateway = request.app.state.gateway
+        return await load_attr(route.gateway)(gateway, route, body)
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    endpoint.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            inspect.Parameter("request", kind, annotation=Request),
+            inspect.Parameter("body", kind, annotation=route.request),
+        ]
+    )
+    return endpoint
+
+
+for _route in surface.routes().values():
+    app.add_api_route(
+        _route.path,
+        _family_endpoint(_route),
+        methods=["POST"],
+        response_model=_route.response,
+        summary=_route.summary or None,
+        name=_route.path.strip("/").replace("/", "_"),
+    )
 
 
 @serve.deployment
@@ -224,10 +217,13 @@ class Gateway:
         self.retries = spec.gateway.retries
         app.state.max_body_bytes = spec.max_body_bytes
         app.state.keys = keys.KeyRing(settings["keys"])
+        app.state.gateway = self  # the family routes' GatewayCalls
         replica = serve.get_replica_context().replica_id.unique_id
         self.replica = replica
         log_spec = spec.generation_log
-        self.genlog = None if log_spec.mode == "off" else genlog.GenerationLog(log_spec, replica)
+        self.genlog = (
+            None if log_spec.mode == "off" else genlog.GenerationLog(log_spec, replica, GENERATIONS)
+        )
 
     def __del__(self) -> None:
         if getattr(self, "genlog", None) is not None:
@@ -255,11 +251,16 @@ class Gateway:
                 await self._backoff(attempt, method, exc)
         raise AssertionError("unreachable")
 
-    async def _open_stream(self, body: dict[str, Any], chat: bool, key: str) -> tuple[Any, dict]:
+    async def call(self, route: Route, body: dict[str, Any], key: str) -> dict[str, Any]:
+        return await self._call("handle", route.path, body, key)
+
+    async def open_stream(
+        self, route: Route, body: dict[str, Any], key: str
+    ) -> tuple[Any, dict[str, Any]]:
         """A model-replica stream, opened: its first event has arrived (bad requests fail
         here, before any byte is sent). A replica that died before it is retried."""
         for attempt in range(self.retries + 1):
-            gen = self.models.options(stream=True).stream.remote(body, chat, key)
+            gen = self.models.options(stream=True).stream.remote(route.path, body, key)
             try:
                 first = _refused(await gen.__anext__())
                 return gen, first["opened"]
@@ -268,9 +269,9 @@ class Gateway:
         raise AssertionError("unreachable")
 
     @contextlib.asynccontextmanager
-    async def _observe(self, route: str, rec: dict[str, Any] | None = None, opens: bool = False):
+    async def observe(self, route: str, rec: dict[str, Any] | None = None, opens: bool = False):
         """Count, time and log one request. ``opens``: the request goes on as a stream,
-        whose own ``_observe`` (with the same record) finishes it unless opening failed."""
+        whose own ``observe`` (with the same record) finishes it unless opening failed."""
         if rec is None:
             rec = {
                 "id": f"{ID_PREFIX[route]}-{uuid.uuid4().hex[:24]}",
@@ -300,7 +301,7 @@ class Gateway:
         metrics.requests_total().inc(tags={**tags, "status": str(status), "key": rec["key"]})
         metrics.request_latency_s().observe(rec["latency_s"], tags=tags)
         if self.genlog is not None:
-            self.genlog.record(rec, rec.pop("pngs", ()))
+            self.genlog.record(rec)
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -311,97 +312,6 @@ class Gateway:
     async def list_models(self) -> ModelList:
         return ModelList(data=[ModelCard(**c) for c in await self._call("cards")])
 
-    # ------------------------------------------------------------------ LM routes
-
-    @app.post("/v1/completions", response_model=CompletionResponse)
-    async def completions(self, body: CompletionRequest):
-        return await self._lm_route("/v1/completions", body, chat=False)
-
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
-    async def chat_completions(self, body: ChatCompletionRequest):
-        return await self._lm_route("/v1/chat/completions", body, chat=True)
-
-    async def _lm_route(self, route: str, body: Any, chat: bool):
-        if body.stream:
-            async with self._observe(route, opens=True) as rec:  # errors before it starts
-                gen, opened = await self._open_stream(_lm_body(body), chat, rec["key"])
-                rec.update(opened)
-            return self._stream(rec, gen, body, chat)
-        async with self._observe(route) as rec:
-            out = await self._call("complete", _lm_body(body), chat, rec["key"])
-            rec.update(out, output=out["text"])
-        if chat:
-            return ChatCompletionResponse(
-                id=rec["id"],
-                created=int(rec["time"]),
-                model=out["model"],
-                choices=[
-                    {"message": {"content": out["text"]}, "finish_reason": out["finish_reason"]}
-                ],
-                usage=_usage(out),
-            )
-        return CompletionResponse(
-            id=rec["id"],
-            created=int(rec["time"]),
-            model=out["model"],
-            choices=[{"text": out["text"], "finish_reason": out["finish_reason"]}],
-            usage=_usage(out),
-        )
-
-    def _stream(self, rec: dict[str, Any], gen: Any, body: Any, chat: bool) -> StreamingResponse:
-        head = {
-            "id": rec["id"],
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(rec["time"]),
-            "model": rec["model"],
-        }
-
-        def chunk(text: str | None, finish: str | None, role: bool = False) -> dict[str, Any]:
-            if chat:
-                delta = {"role": "assistant", "content": ""} if role else {}
-                if text:
-                    delta["content"] = text
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-            return {**head, "choices": [choice]}
-
-        async def events() -> AsyncIterator[str]:
-            sent: list[str] = []
-            try:
-                async with self._observe(rec["route"], rec):
-                    if chat:
-                        yield _sse(chunk(None, None, role=True))
-                    try:
-                        async for ev in gen:
-                            if "done" in ev:
-                                rec.update(ev["done"], output=ev["done"]["text"])
-                                break
-                            sent.append(ev["delta"])
-                            yield _sse(chunk(ev["delta"], ev["finish_reason"]))
-                    except Exception as exc:
-                        # headers and tokens are sent: the stream ends with an error event
-                        # and [DONE], never a hang or a cut connection
-                        rec.update(failed=500, error=f"{type(exc).__name__}: {exc}"[:500])
-                        rec["output"] = "".join(sent)
-                        message = (
-                            "the model replica serving this stream died"
-                            if isinstance(exc, RayActorError)
-                            else str(exc)
-                        )
-                        yield _sse({"error": {"message": message, "type": "server_error"}})
-                        yield _sse("[DONE]")
-                        return
-                    if body.stream_options is not None and body.stream_options.include_usage:
-                        yield _sse({**head, "choices": [], "usage": _usage(rec)})
-                    yield _sse("[DONE]")
-            finally:
-                gen.cancel()  # a client that left: the replica frees the sequence's slot
-
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={"cache-control": "no-cache"}
-        )
-
     @app.post("/v1/feedback", response_model=FeedbackResponse)
     async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
         """A score for a logged request (joined to it by ``genai generations``)."""
@@ -411,31 +321,6 @@ class Gateway:
             )
         self.genlog.score(body.id, body.score, body.comment, keys.current_key.get())
         return FeedbackResponse(id=body.id, score=body.score, comment=body.comment)
-
-    # ------------------------------------------------------------------ image routes
-
-    async def _images(self, route: str, kind: str, body: Any, params: dict) -> ImagesResponse:
-        async with self._observe(route) as rec:
-            rec["params"] = params
-            out = await self._call("images", kind, body.model_dump(), rec["key"])
-            images = out.pop("images")
-            rec.update(out, pngs=[base64.b64decode(b) for b in images])
-        return ImagesResponse(
-            id=rec["id"], created=int(rec["time"]), data=[{"b64_json": b} for b in images]
-        )
-
-    @app.post("/v1/images/generations", response_model=ImagesResponse)
-    async def image_generations(self, body: ImageGenerationRequest) -> ImagesResponse:
-        params = {"n": body.n, "seed": body.seed, "size": body.size, "prompt": body.prompt}
-        return await self._images("/v1/images/generations", "generations", body, params)
-
-    @app.post("/v1/vae/reconstruct", response_model=ImagesResponse)
-    async def vae_reconstruct(self, body: ReconstructRequest) -> ImagesResponse:
-        return await self._images("/v1/vae/reconstruct", "reconstruct", body, {})
-
-    @app.post("/v1/vae/interpolate", response_model=ImagesResponse)
-    async def vae_interpolate(self, body: InterpolateRequest) -> ImagesResponse:
-        return await self._images("/v1/vae/interpolate", "interpolate", body, {"steps": body.steps})
 
 
 # Serve settings that cut per-request overhead (a thread hop per request; see the README's

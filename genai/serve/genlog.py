@@ -1,6 +1,6 @@
 """The generation log: what was asked and generated, for quality review and data work.
 
-Each request handled by a route appends a record (:data:`GENERATIONS`); ``POST
+Each request handled by a route appends a record (:func:`generations_schema`); ``POST
 /v1/feedback`` appends a score (:data:`FEEDBACK`). Records go onto a queue and a writer
 thread appends them, in batches every ``flush_s``, as row groups of a Parquet file
 ``<dir>/generations-<time>-<replica>.parquet.inprogress``. The file is closed, fsynced
@@ -12,13 +12,14 @@ by :func:`read`, never fatal.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import queue
 import threading
 import time
+import types
+import typing
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,32 +27,59 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 log = logging.getLogger("ray.serve")
 
 _TIME = pa.timestamp("ms", tz="UTC")
-GENERATIONS = pa.schema(
-    [
-        ("id", pa.string()),
-        ("time", _TIME),
-        ("key", pa.string()),  # the API key's name, never the key
-        ("model", pa.string()),
-        ("route", pa.string()),
-        ("step", pa.int64()),
-        ("spec_hash", pa.string()),
-        ("status", pa.int32()),
-        ("latency_s", pa.float64()),
-        ("params", pa.string()),  # JSON: sampling parameters, n, seed, size ...
-        ("prompt", pa.string()),  # null in metadata mode
-        ("output", pa.string()),  # completion text; null in metadata mode
-        ("image_sha256", pa.list_(pa.string())),
-        ("finish_reason", pa.string()),
-        ("prompt_tokens", pa.int64()),
-        ("completion_tokens", pa.int64()),
-        ("error", pa.string()),
-        ("replica", pa.string()),
-    ]
-)
+# every request's columns; each family's (Family.log_fields) follow them
+_COMMON = [
+    ("id", pa.string()),
+    ("time", _TIME),
+    ("key", pa.string()),  # the API key's name, never the key
+    ("model", pa.string()),
+    ("route", pa.string()),
+    ("step", pa.int64()),
+    ("spec_hash", pa.string()),
+    ("status", pa.int32()),
+    ("latency_s", pa.float64()),
+    ("params", pa.string()),  # JSON: sampling parameters, n, seed, size ...
+    ("prompt", pa.string()),  # null in metadata mode
+    ("output", pa.string()),  # completion text; null in metadata mode
+    ("error", pa.string()),
+    ("replica", pa.string()),
+]
+_ARROW = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    list[str]: pa.list_(pa.string()),
+    list[int]: pa.list_(pa.int64()),
+    list[float]: pa.list_(pa.float64()),
+}
+
+
+def _arrow_type(annotation: Any, where: str) -> pa.DataType:
+    """A log field's column type: its annotation without ``| None`` (every column is
+    nullable: a record of another family leaves it empty)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if type(annotation) is types.UnionType or typing.get_origin(annotation) is typing.Union:
+        annotation = args[0] if len(args) == 1 else annotation
+    if annotation not in _ARROW:
+        raise TypeError(f"{where}: a log field is str, int, float, bool or a list of one")
+    return _ARROW[annotation]
+
+
+def generations_schema(log_fields: list[type[BaseModel]]) -> pa.Schema:
+    fields = list(_COMMON)
+    for model in log_fields:
+        for name, info in model.model_fields.items():
+            if name not in {f[0] for f in fields}:
+                fields.append((name, _arrow_type(info.annotation, f"{model.__name__}.{name}")))
+    return pa.schema(fields)
+
+
 FEEDBACK = pa.schema(
     [
         ("id", pa.string()),
@@ -148,7 +176,12 @@ class ParquetLog:
 class GenerationLog:
     """The generation and feedback logs of one replica, per its ``generation_log`` spec."""
 
-    def __init__(self, spec: Any, replica: str) -> None:
+    def __init__(self, spec: Any, replica: str, schema: pa.Schema | None = None) -> None:
+        if schema is None:
+            from genai.serve.routes import log_fields
+
+            schema = generations_schema(log_fields())
+        self.schema = schema
         self.mode: str = spec.mode
         self.save_images: bool = spec.save_images and spec.mode == "full"
         self.replica = replica
@@ -159,24 +192,25 @@ class GenerationLog:
             tag=replica.replace("/", "_")[-24:],
         )
         self.dir = Path(spec.dir)
-        self.generations = ParquetLog(self.dir, "generations", GENERATIONS, **kw)
+        self.generations = ParquetLog(self.dir, "generations", schema, **kw)
         self.feedback = ParquetLog(self.dir, "feedback", FEEDBACK, **kw)
 
-    def record(self, rec: dict[str, Any], pngs: list[bytes] = ()) -> None:
-        row = {name: rec.get(name) for name in GENERATIONS.names}
+    def record(self, rec: dict[str, Any]) -> None:
+        """One request's record: the common fields and its family's log fields, by name;
+        ``attachments`` (relative path -> bytes, e.g. generated PNGs) are written beside
+        the log when ``save_images`` is on."""
+        row = {name: rec.get(name) for name in self.schema.names}
         row["time"] = datetime.fromtimestamp(rec["time"], timezone.utc)
         row["replica"] = self.replica
         row["params"] = json.dumps(rec.get("params") or {}, sort_keys=True)
-        if pngs:
-            row["image_sha256"] = [hashlib.sha256(b).hexdigest() for b in pngs]
         if self.mode == "metadata":
             row["prompt"] = row["output"] = None
         self.generations.add(row)
-        if self.save_images and pngs:
-            images = self.dir / "images"
-            images.mkdir(exist_ok=True)
-            for sha, png in zip(row["image_sha256"], pngs, strict=True):
-                (images / f"{sha}.png").write_bytes(png)
+        if self.save_images:
+            for rel, blob in (rec.get("attachments") or {}).items():
+                path = self.dir / rel
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(blob)
 
     def score(self, id_: str, score: float, comment: str | None, key: str) -> None:
         now = datetime.now(timezone.utc)
@@ -213,7 +247,9 @@ def read(
     import pyarrow.compute as pc
 
     directory = Path(directory)
-    gens, skipped = _read_all(directory, "generations", GENERATIONS)
+    from genai.serve.routes import log_fields
+
+    gens, skipped = _read_all(directory, "generations", generations_schema(log_fields()))
     fb, skipped_fb = _read_all(directory, "feedback", FEEDBACK)
     if model is not None:
         gens = gens.filter(pc.equal(gens["model"], model))

@@ -6,6 +6,13 @@ from typing import Literal
 
 from pydantic import Field
 
+from genai.families.images.schemas import (
+    ImageGenerationRequest,
+    ImagesResponse,
+    InterpolateRequest,
+    ReconstructRequest,
+)
+from genai.serve.api import Route
 from genai.specbase import PathField, Section
 
 ImageSize = Literal[8, 16, 32, 64]
@@ -33,3 +40,29 @@ class ImageDataSpec(Section):
 def check_image_job(spec) -> None:
     if spec.train.grad_accum_steps != 1:
         raise ValueError(f"train.grad_accum_steps must be 1 for model.family {spec.model.family!r}")
+
+
+class ImageBatchSpec(Section):
+    """``@serve.batch`` for image generation requests."""
+
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+
+
+SERVE_SECTION = ("images", ImageBatchSpec)  # shared by the GAN and the VAE
+
+
+def _route(path: str, request: type, name: str) -> Route:
+    return Route(
+        path=path,
+        request=request,
+        response=ImagesResponse,
+        id_prefix="img",
+        gateway=f"genai.families.images.routes:{name}",
+        replica=f"genai.families.images.replica:{name}",
+    )
+
+
+GENERATIONS = _route("/v1/images/generations", ImageGenerationRequest, "generations")
+RECONSTRUCT = _route("/v1/vae/reconstruct", ReconstructRequest, "reconstruct")
+INTERPOLATE = _route("/v1/vae/interpolate", InterpolateRequest, "interpolate")

@@ -7,6 +7,15 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from genai.families.base import Family
+from genai.families.lm.schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    LMCard,
+    LMLog,
+)
+from genai.serve.api import Route
 from genai.specbase import PathField, Section
 
 
@@ -87,6 +96,44 @@ class DataSpec(Section):
     seed: int = Field(0, ge=0)
 
 
+class DecodingSpec(Section):
+    """Continuous batching of LM requests inside a replica (genai/models/decoding.py)."""
+
+    max_batch_size: int = Field(
+        32, ge=1, le=1024, description="sequences decoded together; more requests queue"
+    )
+    max_batch_tokens: int = Field(
+        16384,
+        ge=16,
+        description="cap on prompt + max_tokens summed over the batch (KV cache memory)",
+    )
+    lean_forward: bool = Field(
+        True,
+        description="decode GPT-2 checkpoints with genai's lean forward pass (same weights and "
+        "arithmetic as transformers', less per-step overhead); false: transformers' own",
+    )
+
+
+COMPLETIONS = Route(
+    path="/v1/completions",
+    request=CompletionRequest,
+    response=CompletionResponse,
+    id_prefix="cmpl",
+    gateway="genai.families.lm.routes:completions",
+    replica="genai.families.lm.replica:complete",
+    replica_stream="genai.families.lm.replica:stream",
+)
+CHAT = Route(
+    path="/v1/chat/completions",
+    request=ChatCompletionRequest,
+    response=ChatCompletionResponse,
+    id_prefix="chatcmpl",
+    gateway="genai.families.lm.routes:chat_completions",
+    replica="genai.families.lm.replica:complete",
+    replica_stream="genai.families.lm.replica:stream",
+)
+
+
 def _check(spec: Any) -> None:
     if spec.model.pretrained_path is None and spec.data.seq_len > spec.model.max_position:
         raise ValueError(
@@ -106,4 +153,8 @@ FAMILY = Family(
     task="genai.families.lm.task:LMTask",
     server="genai.families.lm.serving:server",
     check=_check,
+    routes=(COMPLETIONS, CHAT),
+    card_fields=LMCard,
+    log_fields=LMLog,
+    serve_section=("lm", DecodingSpec),
 )

@@ -7,7 +7,16 @@ from typing import Literal
 from pydantic import Field
 
 from genai.families.base import Family
-from genai.families.images import ImageDataSpec, ImageSize, check_image_job
+from genai.families.images import (
+    GENERATIONS,
+    INTERPOLATE,
+    RECONSTRUCT,
+    SERVE_SECTION,
+    ImageDataSpec,
+    ImageSize,
+    check_image_job,
+)
+from genai.families.images.schemas import ImageCard, ImageLog
 from genai.specbase import Section
 
 
@@ -51,4 +60,8 @@ FAMILY = Family(
     task="genai.families.vae.task:VAETask",
     server="genai.families.images.serving:server",
     check=check_image_job,
+    routes=(GENERATIONS, RECONSTRUCT, INTERPOLATE),
+    card_fields=ImageCard,
+    log_fields=ImageLog,
+    serve_section=SERVE_SECTION,
 )
