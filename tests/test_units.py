@@ -208,7 +208,8 @@ def test_cancelled_sequence_frees_its_row_at_the_next_step():
 def test_a_completion_ending_on_its_first_token_is_counted():
     """EOS as the first token leaves no completion tokens; Ray's Counter.inc(0) raises,
     which once turned such a completion into a 500 (CI, stop 12)."""
-    from genai.serve import metrics
+    from genai.families.lm import metrics
+    from genai.serve.api import count
 
     model = _tiny_lm()
     eos = int(model(torch.tensor([[1, 2, 3]])).logits[0, -1].argmax())
@@ -216,7 +217,7 @@ def test_a_completion_ending_on_its_first_token_is_counted():
     assert gen.tokens == [] and gen.finish_reason == "stop"
     with pytest.raises(ValueError):
         metrics.tokens_total().inc(0, tags={"model": "m", "kind": "completion"})
-    metrics.count(metrics.tokens_total(), len(gen.tokens), {"model": "m", "kind": "completion"})
+    count(metrics.tokens_total(), len(gen.tokens), {"model": "m", "kind": "completion"})
 
 
 def test_stop_text_holds_back_what_a_stop_string_may_take():

@@ -3,17 +3,21 @@ register under the ``genai.families`` entry-point group::
 
     # the plugin's pyproject.toml
     [project.entry-points."genai.families"]
-    mog = "genai_mog:FAMILY"
+    audio = "genai_audio:FAMILY"
 
 A family is a :class:`~genai.families.base.Family`; the README's "Adding a family" lists
-what one writes. Entry points are read when this module is first imported, in every
-process (driver, Train workers, Serve replicas alike), so a family installed in the
-environment is known everywhere without further registration.
+what one writes. Entry points are read the first time the registry is used (``FAMILIES``
+or :func:`get_family`), in every process (driver, Train workers, Serve replicas alike),
+so a family installed in the environment is known everywhere without further
+registration. Not at import: a plugin imports ``genai.families.base``, and a plugin
+imported first must not find itself half-initialised through its own entry point.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any
 
 from genai.families import gan, lm, vae
 from genai.families.base import Family
@@ -21,6 +25,7 @@ from genai.families.base import Family
 GROUP = "genai.families"
 
 
+@cache
 def _discover() -> dict[str, Family]:
     found = {f.name: f for f in (lm.FAMILY, gan.FAMILY, vae.FAMILY)}
     for ep in entry_points(group=GROUP):
@@ -39,11 +44,18 @@ def _discover() -> dict[str, Family]:
     return found
 
 
-FAMILIES: dict[str, Family] = _discover()
+if TYPE_CHECKING:
+    FAMILIES: dict[str, Family]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FAMILIES":  # ``FAMILIES: dict[str, Family]``, every registered family by name
+        return _discover()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_family(name: str) -> Family:
     try:
-        return FAMILIES[name]
+        return _discover()[name]
     except KeyError:
-        raise ValueError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}") from None
+        raise ValueError(f"unknown model family {name!r}; known: {sorted(_discover())}") from None

@@ -10,6 +10,10 @@ nothing heavy (family packages import it when the job spec is read).
 
 Refuse a bad request by raising :class:`~genai.serve.errors.APIError` (status, message,
 the field at fault) on either side: the client gets OpenAI's error shape naming it.
+
+A family's server also uses :func:`base_card` (the card fields every model has),
+:func:`current_key` (the API key name a request came with, to tag its metrics) and
+:func:`count`; its metrics are its own ``ray.serve.metrics`` objects.
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from genai.checkpoint import Meta
     from genai.families.contract import Server
 
 
@@ -89,3 +96,29 @@ def sse(payload: dict[str, Any] | str) -> str:
     import json
 
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+def base_card(directory: Path, meta: Meta) -> dict[str, Any]:
+    """What every model card holds: ``id``, ``family``, ``step``, ``created`` and ``lineage``
+    (the sweep and trial a promoted checkpoint came from; None for a plain training run)."""
+    return {
+        "id": meta.name,
+        "family": meta.family,
+        "step": meta.step,
+        "created": int(directory.stat().st_mtime),
+        "lineage": None if meta.lineage is None else meta.lineage.model_dump(mode="json"),
+    }
+
+
+def current_key() -> str:
+    """The name of the API key the request being served came with ("" when keys are off)."""
+    from genai.serve.keys import current_key as key
+
+    return key.get()
+
+
+def count(counter: Any, n: int, tags: dict[str, str]) -> None:
+    """Add ``n`` to a ``ray.serve.metrics.Counter``; zero is skipped (Ray's ``Counter.inc``
+    raises on it, and a completion whose first token is EOS has no completion tokens)."""
+    if n > 0:
+        counter.inc(n, tags=tags)

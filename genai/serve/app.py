@@ -37,7 +37,7 @@ from genai.families.base import load_attr
 # modules, not their names: this file's classes are pickled by value (a ContextVar cannot be)
 from genai.serve import genlog, keys, metrics
 from genai.serve import routes as surface
-from genai.serve.api import Route
+from genai.serve.api import Route, count
 from genai.serve.errors import APIError
 from genai.serve.models import Models
 from genai.serve.schemas import FeedbackResponse, feedback_request, model_card, model_list
@@ -238,7 +238,7 @@ class Gateway:
                 None,
                 "server_error",
             ) from None
-        metrics.count(metrics.retries_total(), 1, {"call": what})
+        count(metrics.retries_total(), 1, {"call": what})
         await asyncio.sleep(min(2.0, 0.1 * 2**attempt))
 
     async def _call(self, method: str, *args: Any) -> Any:

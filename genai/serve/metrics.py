@@ -1,4 +1,5 @@
-"""Every serving metric, in one place (exported by Ray with a ``ray_`` prefix).
+"""The serving metrics every family shares (exported by Ray with a ``ray_`` prefix); a
+family's own metrics live with it (``genai/families/<name>/metrics.py``).
 
 Created lazily inside a replica: ``ray.serve.metrics`` objects must be built in
 the process that records them.
@@ -9,13 +10,6 @@ from __future__ import annotations
 from functools import cache
 
 from ray.serve import metrics
-
-
-def count(counter: metrics.Counter, n: int, tags: dict[str, str]) -> None:
-    """Add ``n`` to ``counter``; zero is skipped (Ray's ``Counter.inc`` raises on it, and a
-    completion whose first token is EOS has no completion tokens)."""
-    if n > 0:
-        counter.inc(n, tags=tags)
 
 
 @cache
@@ -38,34 +32,6 @@ def request_latency_s() -> metrics.Histogram:
 
 
 @cache
-def tokens_total() -> metrics.Counter:
-    return metrics.Counter(
-        "genai_tokens_total",
-        description="prompt and completion tokens processed, by API key name",
-        tag_keys=("model", "kind", "key"),
-    )
-
-
-@cache
-def images_total() -> metrics.Counter:
-    return metrics.Counter(
-        "genai_images_total",
-        description="images generated, reconstructed or interpolated",
-        tag_keys=("model", "route"),
-    )
-
-
-@cache
-def decode_batch_size() -> metrics.Histogram:
-    return metrics.Histogram(
-        "genai_decode_batch_size",
-        description="sequences in each LM decode step (continuous batching)",
-        boundaries=[1, 2, 4, 8, 16, 24, 32, 48, 64, 128],
-        tag_keys=("model",),
-    )
-
-
-@cache
 def model_step() -> metrics.Gauge:
     return metrics.Gauge(
         "genai_model_step",
@@ -80,24 +46,6 @@ def checkpoint_swaps_total() -> metrics.Counter:
         "genai_checkpoint_swaps_total",
         description="hot swaps of a served checkpoint: swapped, or refused (the old one serves on)",
         tag_keys=("model", "result"),
-    )
-
-
-@cache
-def decode_active() -> metrics.Gauge:
-    return metrics.Gauge(
-        "genai_decode_active",
-        description="LM sequences in the decode batch now",
-        tag_keys=("model",),
-    )
-
-
-@cache
-def decode_queued() -> metrics.Gauge:
-    return metrics.Gauge(
-        "genai_decode_queued",
-        description="LM requests waiting for a batch row (queue depth)",
-        tag_keys=("model",),
     )
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from genai.checkpoint import read_meta, resolve
 from genai.families import get_family
 from genai.serve import metrics
+from genai.serve.api import count
 
 log = logging.getLogger("ray.serve")
 
@@ -197,7 +198,7 @@ class Registry:
             )
         self.refused[where] = why
         self._event("refused", name, where, error=why)
-        metrics.count(metrics.checkpoint_swaps_total(), 1, {"model": name, "result": "refused"})
+        count(metrics.checkpoint_swaps_total(), 1, {"model": name, "result": "refused"})
 
     def _event(self, what: str, name: str, where: Any, **extra: Any) -> None:
         self.events.append(
@@ -210,7 +211,7 @@ class Registry:
             }
         )
         if what == "swapped":
-            metrics.count(metrics.checkpoint_swaps_total(), 1, {"model": name, "result": what})
+            count(metrics.checkpoint_swaps_total(), 1, {"model": name, "result": what})
 
     def _retire(self, old: Served) -> None:
         """Close the old model once the requests that hold it are done (its own thread)."""

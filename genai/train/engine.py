@@ -47,6 +47,10 @@ if not torch.cuda.is_available():
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def dist_rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
 def lr_lambda(train: TrainSpec):
     """Linear warmup to 1, then cosine decay to ``min_lr_ratio`` at ``max_steps``."""
 
@@ -156,6 +160,11 @@ class Engine:
         return self.ds_engine if self.zero_stage == 3 else self.ds_engine.module
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The parameters' dtype: inputs must be cast to it (DeepSpeed does not)."""
+        return torch.bfloat16 if self.config.get("bf16", {}).get("enabled") else torch.float32
+
+    @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
@@ -193,6 +202,17 @@ class Engine:
         ):
             group["initial_lr"] = self.base_lr
             group["lr"] = self.base_lr * factor
+
+    def export(self, path: Path) -> int:
+        """Consolidated weights as safetensors at ``path``, written by rank 0 (a collective
+        under ZeRO-3); returns the tensor count on rank 0, 0 elsewhere."""
+        from safetensors.torch import save_file
+
+        state = self.full_state_dict()
+        if state is None or (dist_rank() != 0):
+            return 0
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+        return len(state)
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Consolidated weights on rank 0 (None elsewhere). A collective under ZeRO-3."""

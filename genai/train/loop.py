@@ -26,12 +26,12 @@ import torch.distributed as dist
 from genai import __version__, timeline
 from genai import checkpoint as ckpt
 from genai.config import JobSpec
+from genai.families import get_family
 from genai.hardware import resolve_precision
 from genai.pictures import save_curves
 from genai.specbase import SpecError
 from genai.train import metrics as train_metrics
 from genai.train import reshard
-from genai.train.tasks import make_task
 
 
 class TrainingDiverged(RuntimeError):
@@ -99,7 +99,7 @@ def _train(config: dict[str, Any]) -> None:
     meta = ckpt.read_meta(src) if src is not None else None
     spec = _fit_batch_to_world(spec, meta, world, say)
     mark = timeline.mark if rank == 0 else (lambda phase: None)
-    task = make_task(spec, config["data"], rank, world)
+    task = get_family(spec.model.family).load_task()(spec, config["data"], rank, world)
     mark("engines ready")
     say(
         f"{task.describe()}; {world} workers, ZeRO-{spec.deepspeed.zero_stage} {resolve_precision(spec.deepspeed.precision)}"

@@ -15,7 +15,7 @@ from genai.models.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
 from genai.pictures import save_grid
 from genai.quality import sample_quality
 from genai.train.engine import Engine
-from genai.train.tasks import all_mean
+from genai.train.worker import all_mean
 
 
 class GANTask(ImageTask):
@@ -159,8 +159,8 @@ class GANTask(ImageTask):
         return [save_grid(grid, directory / "samples.png", cols=10)]
 
     def export(self, directory: Path) -> dict[str, Any]:
-        n_g = self._export_engine(self.g, directory / WEIGHTS)
-        n_d = self._export_engine(self.d, directory / "discriminator.safetensors")
+        n_g = self.g.export(directory / WEIGHTS)
+        n_d = self.d.export(directory / "discriminator.safetensors")
         return {
             **self._export_classifier(directory),
             "model_config": self.cfg.to_dict(),

@@ -22,11 +22,11 @@ from ray import serve
 from safetensors.torch import load_file
 
 from genai.checkpoint import WEIGHTS, Meta, open_for_inference
+from genai.families.images.metrics import images_total
 from genai.models.gan import GANConfig, Generator
 from genai.models.vae import VAE, VAEConfig
 from genai.pictures import png_bytes
-from genai.serve import metrics
-from genai.serve.cards import lineage_card
+from genai.serve.api import base_card, count
 
 
 @dataclass
@@ -70,11 +70,7 @@ class ImageServer:
 
     def info(self) -> dict[str, Any]:
         return {
-            "id": self.m.name,
-            "family": self.m.family,
-            "step": self.m.meta.step,
-            "lineage": lineage_card(self.m.meta),
-            "created": int(self.m.path.stat().st_mtime),
+            **base_card(self.m.path, self.m.meta),
             "image_size": self.cfg.image_size,
             "channels": self.cfg.channels,
             "conditional": bool(getattr(self.cfg, "conditional", False)),
@@ -115,9 +111,7 @@ class ImageServer:
         for r in reqs:
             out.append([_b64_png(img) for img in images[i : i + r["n"]]])
             i += r["n"]
-        metrics.count(
-            metrics.images_total(), len(z), {"model": self.m.name, "route": "generations"}
-        )
+        count(images_total(), len(z), {"model": self.m.name, "route": "generations"})
         return out
 
     def _to_unit(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -129,9 +123,7 @@ class ImageServer:
                 out = self.m.model.reconstruct(self._to_unit(images))
             return [_b64_png(x) for x in out]
 
-        metrics.count(
-            metrics.images_total(), len(images), {"model": self.m.name, "route": "reconstruct"}
-        )
+        count(images_total(), len(images), {"model": self.m.name, "route": "reconstruct"})
         return await asyncio.to_thread(run)
 
     async def interpolate(self, a: np.ndarray, b: np.ndarray, steps: int) -> list[str]:
@@ -141,7 +133,7 @@ class ImageServer:
                 out = self.m.model.interpolate(x[0], x[1], steps)
             return [_b64_png(img) for img in out]
 
-        metrics.count(metrics.images_total(), steps, {"model": self.m.name, "route": "interpolate"})
+        count(images_total(), steps, {"model": self.m.name, "route": "interpolate"})
         return await asyncio.to_thread(run)
 
     def close(self) -> None:

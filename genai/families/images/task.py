@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from genai.config import JobSpec
 from genai.data.batches import StepSampler
 from genai.hardware import resolve_precision
 from genai.quality import Classifier, save_classifier
-from genai.train.engine import Engine
-from genai.train.tasks import get_ref, readonly_tensor, tensor_or_none
+from genai.train.worker import get_ref, readonly_tensor, tensor_or_none
 
 CLASSIFIER = "classifier.safetensors"
 
@@ -60,14 +58,6 @@ class ImageTask:
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = torch.from_numpy(self.sampler.indices(step))
         return self.train_q[idx], None if self.train_y is None else self.train_y[idx]
-
-    def _export_engine(self, engine: Engine, path: Path) -> int:
-        """Consolidated weights of one engine (collective); returns the tensor count on rank 0."""
-        state = engine.full_state_dict()
-        if self.rank == 0 and state is not None:
-            save_file({k: v.contiguous() for k, v in state.items()}, path)
-            return len(state)
-        return 0
 
     def _export_classifier(self, directory: Path) -> dict[str, Any]:
         """The quality classifier travels with the checkpoint: it is self-contained."""

@@ -23,11 +23,10 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from genai.checkpoint import WEIGHTS, Meta, open_for_inference
+from genai.families.lm import metrics
 from genai.models.decoding import BatchDecoder, Generation, Sampling
 from genai.models.transformer import context_length
-from genai.serve import metrics
-from genai.serve.cards import lineage_card
-from genai.serve.keys import current_key
+from genai.serve.api import base_card, count, current_key
 
 
 @dataclass
@@ -114,13 +113,9 @@ class LMServer:
 
     def info(self) -> dict[str, Any]:
         return {
-            "id": self.lm.name,
-            "family": "lm",
-            "step": self.lm.meta.step,
-            "lineage": lineage_card(self.lm.meta),
+            **base_card(self.lm.path, self.lm.meta),
             "context_length": self.context,
             "chat": self.tokenizer.chat_template is not None,
-            "created": int(self.lm.path.stat().st_mtime),
         }
 
     def _on_step(self, n: int, _seconds: float) -> None:  # decoder thread
@@ -226,9 +221,9 @@ class LMServer:
                 gen.cancel()
 
     def _count(self, gen: Generation) -> None:
-        tags = {"model": self.lm.name, "key": current_key.get()}
-        metrics.count(metrics.tokens_total(), len(gen.prompt_ids), {**tags, "kind": "prompt"})
-        metrics.count(metrics.tokens_total(), len(gen.tokens), {**tags, "kind": "completion"})
+        tags = {"model": self.lm.name, "key": current_key()}
+        count(metrics.tokens_total(), len(gen.prompt_ids), {**tags, "kind": "prompt"})
+        count(metrics.tokens_total(), len(gen.tokens), {**tags, "kind": "completion"})
 
     def close(self) -> None:
         self.decoder.close()

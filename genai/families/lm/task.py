@@ -16,7 +16,7 @@ from genai.data.batches import BlockSampler, eval_batches
 from genai.data.stream import StreamSampler
 from genai.models.transformer import build_lm
 from genai.train.engine import Engine
-from genai.train.tasks import all_mean, get_ref
+from genai.train.worker import all_mean, get_ref
 
 
 class LMTask:

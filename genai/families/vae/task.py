@@ -15,7 +15,7 @@ from genai.families.images.task import ImageTask
 from genai.models.vae import VAE, VAEConfig
 from genai.pictures import save_grid
 from genai.train.engine import Engine
-from genai.train.tasks import all_mean, full_params
+from genai.train.worker import all_mean, full_params
 
 
 class VAETask(ImageTask):
@@ -102,7 +102,7 @@ class VAETask(ImageTask):
         ]
 
     def export(self, directory: Path) -> dict[str, Any]:
-        n = self._export_engine(self.engine, directory / WEIGHTS)
+        n = self.engine.export(directory / WEIGHTS)
         return {
             **self._export_classifier(directory),
             "model_config": self.cfg.to_dict(),

@@ -1,11 +1,7 @@
-"""What every family's task shares, and how the loop finds a family's task.
+"""What a family's task uses on a Ray Train worker: metric means over the workers, whole
+parameters under ZeRO-3, and the driver's arrays from the object store.
 
-A task owns its engines (one for an LM or a VAE; two for a GAN), its data and
-its metrics; the loop in ``loop.py`` only sequences them. Each family's task
-lives with the family (``genai/families/<family>/task.py``) and offers:
-``unit``, ``engines``, ``items_per_step``, ``lr``, ``n_params``, ``describe()``,
-``train_step(step)``, ``evaluate()``, ``pictures(dir, step)``, ``export(dir)``
-(the family's record in ``meta.json``: collective, every rank calls it).
+The contract a task meets is :class:`genai.families.contract.Task`.
 """
 
 from __future__ import annotations
@@ -19,8 +15,6 @@ import ray
 import torch
 import torch.distributed as dist
 
-from genai.config import JobSpec
-from genai.families import get_family
 from genai.train.engine import Engine
 
 
@@ -58,7 +52,3 @@ def readonly_tensor(array: np.ndarray) -> torch.Tensor:
 
 def tensor_or_none(ref: Any) -> torch.Tensor | None:
     return None if ref is None else readonly_tensor(get_ref(ref))
-
-
-def make_task(spec: JobSpec, data: dict[str, Any], rank: int, world_size: int):
-    return get_family(spec.model.family).load_task()(spec, data, rank, world_size)
