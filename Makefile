@@ -11,11 +11,12 @@ install: $(STAMP)
 
 # torch==2.13.0 first: on these machines it is a CPU build from local disk, while a
 # bare `torch` requirement would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml tests/plugins/mog/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -e tests/plugins/mog
 	touch $(STAMP)
 
 demo: install

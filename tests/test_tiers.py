@@ -26,6 +26,7 @@ COVERAGE = {
     "hot swap": "test_hotswap_e2e.py::test_hot_swap_under_load_loses_nothing_and_refuses_bad_checkpoints",
     "CLI train": "test_train_e2e.py::test_cli_train_joins_a_running_ray",
     "CLI serve and query": "test_serve_e2e.py::test_genai_serve_cli_query_and_sigterm",
+    "a family from a plugin package": "test_plugin_e2e.py::test_served_on_its_own_route_with_a_card_a_metric_and_a_log_record",
 }
 
 
