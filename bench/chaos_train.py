@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from genai import checkpoint as ckpt
-from genai.localcluster import LocalCluster, session_pids
+from genai.testing.localcluster import LocalCluster, session_pids
 
 TRAINER = {"trainer": 1}
 STEP_RE = re.compile(r"\] step (\d+)/")

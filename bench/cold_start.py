@@ -185,13 +185,13 @@ def serve_replacement(checkpoint: Path, address: str) -> None:
     from ray.util.state import list_actors
 
     from genai import cluster
-    from genai.config import ServeSpec
-    from genai.localcluster import _free_port
+    from genai.cluster import free_port
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
 
     app = "cold-start"
     with cluster.connect(address):
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(ServeSpec(), [checkpoint]), name=app, route_prefix="/")
         url, body = f"http://127.0.0.1:{port}", {"prompt": "def ", "max_tokens": 4}
@@ -258,7 +258,7 @@ def main() -> int:
         serve_replacement(Path(args.serve[0]), args.serve[1])
         return 0
     from genai.hardware import machine_line
-    from genai.localcluster import LocalCluster
+    from genai.testing.localcluster import LocalCluster
 
     print(machine_line(), flush=True)
     base = {f: run_plain(f) for f in args.families}

@@ -114,7 +114,7 @@ def count_params(spec: dict, vocab_size: int) -> int:
     """Parameters without position embeddings (the N of 6N), of the model genai builds."""
     import torch
 
-    from genai.config import ModelSpec
+    from genai.families.lm import ModelSpec
     from genai.models.transformer import build_lm
 
     with torch.device("meta"):
@@ -177,7 +177,7 @@ def plain(spec: dict, vocab_size: int, steps: int, compiled: bool, t0: float) ->
     autocast on CUDA, random tokens. Prints one JSON line."""
     import torch
 
-    from genai.config import ModelSpec
+    from genai.families.lm import ModelSpec
     from genai.models.transformer import build_lm
 
     cuda = torch.cuda.is_available()

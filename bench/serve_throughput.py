@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from genai.cluster import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -99,14 +101,6 @@ def load(url: str, bodies: list[dict], concurrency: int, duration: float) -> dic
 # --------------------------------------------------------------------------- servers
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """A server in its own process group, up once /healthz answers."""
 
@@ -158,7 +152,7 @@ class Server:
 
 
 def genai_server(*checkpoints: str, sets: tuple[str, ...] = ()) -> Server:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "genai.cli", "serve", *checkpoints, "--config", "serve/lm.yaml"]
     cmd += ["--port", str(port)]
     for s in sets:
@@ -170,7 +164,7 @@ def genai_server(*checkpoints: str, sets: tuple[str, ...] = ()) -> Server:
 def plain_server(
     mode: str, lm: str | None = None, gan: str | None = None, device: str = "cpu"
 ) -> Server:
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "uvicorn", "bench.plain_server:app", "--port", str(port)]
     # keep-alive as long as the slowest answer: uvicorn's 5 s default drops waiting clients
     cmd += ["--no-access-log", "--log-level", "warning", "--timeout-keep-alive", "300"]

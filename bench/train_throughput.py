@@ -98,9 +98,9 @@ def baseline(steps: int, precision: str, t0: float) -> None:
     """Plain PyTorch: one process, 2 threads, the same model, batch and data. Prints JSON."""
     import torch
 
-    from genai.config import DataSpec, ModelSpec
     from genai.data.batches import BlockSampler
     from genai.data.tokens import prepare
+    from genai.families.lm import DataSpec, ModelSpec
     from genai.models.transformer import build_lm
 
     torch.set_num_threads(2)

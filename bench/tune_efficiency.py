@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from genai import cluster
-from genai.config import _read_yaml, apply_overrides
 from genai.data.tokens import prepare
+from genai.specio import apply_overrides, read_yaml
 from genai.tune.run import tune_sweep
 from genai.tune.spec import Sweep, SweepSpec, parse_dimension
 
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def make_sweep(name: str, lrs: list[float], scheduler: dict, args, out: Path) -> Sweep:
     base_path = ROOT / "jobs" / "lm-tiny.yaml"
-    base = _read_yaml(base_path)
+    base = read_yaml(base_path)
     overrides = {
         "train.max_steps": args.max_steps,
         "train.eval_every": args.eval_every,

@@ -58,7 +58,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from genai.config import load_serve
+    from genai.serve.spec import load_serve
 
     overrides = list(args.set)
     if args.host:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +27,13 @@ _RAY_ENV = {
     # Ray Train V2 tees print() to stdout *and* its logger, so every line shows twice
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a local server or a ``ray start`` node)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

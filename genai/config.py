@@ -1,9 +1,8 @@
-"""Typed job and serve specs: YAML in, validated, errors that name the key.
+"""The job spec: one YAML file (``jobs/*.yaml``), ``--set dotted.key=value`` overrides, validated
+(:mod:`genai.specio` reads the YAML and words the errors).
 
-A job spec is one YAML file (``jobs/*.yaml``); ``--set dotted.key=value``
-overrides any field. Unknown keys are errors, numbers are not parsed from
-strings, and every error message names the dotted key, the rule and the value:
-``train.lr must be > 0, got -1``.
+The common sections are here; the ``model:`` and ``data:`` unions and each family's own
+section come from the registry (:mod:`genai.families`).
 """
 
 from __future__ import annotations
@@ -11,36 +10,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-import yaml
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
-from genai.families import FAMILIES
-from genai.families.gan import GANModelSpec, GANSpec
-from genai.families.images import ImageDataSpec
-from genai.families.lm import DataSpec, ModelSpec, TokenizerSpec
-from genai.families.vae import VAEModelSpec, VAESpec
+from genai.families import DEFAULT_FAMILY, FAMILIES
 from genai.specbase import PathField, Section, SpecError, relative_paths
-
-# the family specs are declared with their families; re-exported here for callers
-__all__ = [
-    "DataSpec",
-    "GANModelSpec",
-    "GANSpec",
-    "ImageDataSpec",
-    "JobSpec",
-    "ModelSpec",
-    "Section",
-    "ServeSpec",
-    "SpecError",
-    "TokenizerSpec",
-    "VAEModelSpec",
-    "VAESpec",
-]
+from genai.specio import apply_overrides, read_yaml, validation_message
 
 
 class TrainSpec(Section):
@@ -148,12 +126,14 @@ else:
     ]
     _DataSpecs = Annotated[Union[tuple(_DATA_SPECS.values())], Field(discriminator="kind")]  # noqa: UP007
 _SECTIONS = {name: f.section for name, f in FAMILIES.items() if f.section is not None}
+# what validation errors leave out of a key: the union tags the user never writes
+UNION_TAGS = {"model": list(FAMILIES), "data": list(_DATA_SPECS)}
 
 
 class _JobSpecBase(Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    model: _ModelSpecs = Field(default_factory=ModelSpec)
-    data: _DataSpecs = Field(default_factory=DataSpec)
+    model: _ModelSpecs = Field(default_factory=lambda: FAMILIES[DEFAULT_FAMILY].model_spec())
+    data: _DataSpecs = Field(default_factory=lambda: FAMILIES[DEFAULT_FAMILY].data_spec())
     train: TrainSpec = Field(default_factory=TrainSpec)
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
@@ -171,7 +151,7 @@ class _JobSpecBase(Section):
         if not isinstance(raw, dict):
             return raw
         model = raw.get("model")
-        family = model.get("family", "lm") if isinstance(model, dict) else "lm"
+        family = model.get("family", DEFAULT_FAMILY) if isinstance(model, dict) else DEFAULT_FAMILY
         if isinstance(model, dict):
             raw["model"] = {**model, "family": family}
         data = raw.get("data", {})
@@ -235,239 +215,9 @@ else:
     )
 
 
-# --------------------------------------------------------------------------- serve spec
-
-
-class AutoscalingSpec(Section):
-    """Ray Serve autoscaling_config of the gateway deployment (replicas hold every model)."""
-
-    min_replicas: int = Field(1, ge=0)
-    max_replicas: int = Field(2, ge=1)
-    # a replica decodes up to serve.lm.max_batch_size requests at once: scale out on half of that
-    target_ongoing_requests: float = Field(16.0, gt=0)
-    upscale_delay_s: float = Field(3.0, ge=0)
-    downscale_delay_s: float = Field(30.0, ge=0)
-    # Serve pushes replica metrics every 10 s by default and wants a longer window
-    look_back_period_s: float = Field(12.0, gt=0)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> AutoscalingSpec:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas ({self.min_replicas}) must be <= serve.autoscaling.max_replicas ({self.max_replicas})"
-            )
-        return self
-
-
-class GenerationLogSpec(Section):
-    """What each request leaves in the generation log (:mod:`genai.serve.genlog`)."""
-
-    mode: Literal["full", "metadata", "off"] = Field(
-        "full", description="full: prompts and outputs too; metadata: neither; off: no log"
-    )
-    dir: str = Field("runs/generations", description="where the Parquet files go")
-    save_images: bool = Field(False, description="also keep each generated PNG (full mode)")
-    flush_s: float = Field(1.0, gt=0, le=60, description="seconds between batched writes")
-    rotate_s: float = Field(
-        300.0, gt=0, description="close a file after this long (a kill loses at most this)"
-    )
-    rotate_mb: float = Field(64.0, gt=0, description="close a file once it is this large")
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _yaml_off(cls, value: Any) -> Any:
-        # YAML 1.1 reads a bare `off` (in a file or `--set generation_log.mode=off`) as false
-        return "off" if value is False else value
-
-
-class GatewaySpec(Section):
-    """The ingress deployment in front of the model replicas."""
-
-    num_cpus: float = Field(0.1, gt=0, description="CPUs per gateway replica")
-    max_ongoing_requests: int = Field(256, ge=1, description="requests one gateway replica holds")
-    target_ongoing_requests: float = Field(
-        128,
-        gt=0,
-        description="the gateway's autoscaling target: it only forwards, so one replica carries "
-        "many model replicas' load (between autoscaling.min_replicas and max_replicas)",
-    )
-    retries: int = Field(
-        5, ge=0, le=10, description="retries of a model call whose replica died before answering"
-    )
-
-
-class _ServeSpecBase(Section):
-    host: str = Field("127.0.0.1", description="bind address of the HTTP proxy")
-    port: int = Field(8000, ge=1, le=65535)
-    checkpoints: list[str] = Field(default_factory=list, description="checkpoint dirs to serve")
-    num_cpus: float = Field(
-        0.5, gt=0, description="CPUs per replica (fractions fit beside training)"
-    )
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica; models run in bf16 there")
-    torch_threads: int = Field(
-        0,
-        ge=0,
-        description="torch CPU threads per replica; 0: num_cpus rounded up (replicas that "
-        "share a node's cores must not each take all of them)",
-    )
-    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
-    # Above lm.max_batch_size: Serve must let enough requests in for a full decode batch
-    max_ongoing_requests: int = Field(64, ge=1)
-    max_tokens_limit: int = Field(
-        1024, ge=1, description="largest max_tokens a request may ask for"
-    )
-    max_body_bytes: int = Field(
-        1_000_000, ge=1024, description="requests with larger bodies get 413"
-    )
-    api_keys_env: str = Field(
-        "GENAI_API_KEYS",
-        description="env var with comma-separated `name:key` pairs; no keys anywhere: open API",
-    )
-    api_keys_file: str | None = Field(
-        None,
-        description="YAML file of `name: key` (or `name: {key, requests_per_minute}`) entries",
-    )
-    requests_per_minute: float = Field(
-        0.0, ge=0, description="per-key request rate limit (per replica); 0: none"
-    )
-    watch: bool = Field(
-        False,
-        description="replicas poll each checkpoint (a `latest` link, a checkpoints root) and "
-        "the serve config's checkpoint list, and swap a new checkpoint in without a restart",
-    )
-    watch_interval_s: float = Field(2.0, gt=0, description="seconds between watch passes")
-    generation_log: GenerationLogSpec = Field(default_factory=GenerationLogSpec)
-    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
-
-
-# each family's serve section (`lm: {max_batch_size: ...}`), shared ones once
-_SERVE_SECTIONS = dict(f.serve_section for f in FAMILIES.values() if f.serve_section is not None)
-if TYPE_CHECKING:
-    ServeSpec = _ServeSpecBase
-else:
-    ServeSpec = create_model(
-        "ServeSpec",
-        __base__=_ServeSpecBase,
-        __doc__="A serve spec: one YAML file under serve/, validated.",
-        **{k: (section, Field(default_factory=section)) for k, section in _SERVE_SECTIONS.items()},
-    )
-
-
-# --------------------------------------------------------------------------- loading
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``3e-4`` as a float (YAML 1.1 wants ``3.0e-4``)."""
-
-
-_YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(
-        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-        |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
-        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-        |[-+]?\.(?:inf|Inf|INF)
-        |\.(?:nan|NaN|NAN))$""",
-        re.X,
-    ),
-    list("-+0123456789."),
-)
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_YamlLoader)
-
-
-def _format_error(err: dict[str, Any], prefix: str = "") -> str:
-    # discriminated unions put the tag in the path (model.gan.latent_dim): drop it
-    parts = [str(p) for p in err["loc"]]
-    if len(parts) >= 2 and parts[0] in ("model", "data") and parts[1] in (*FAMILIES, *_DATA_SPECS):
-        del parts[1]
-    loc = ".".join(parts)
-    key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "spec"
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    shown = repr(value) if isinstance(value, str) else json.dumps(value, default=str)
-    if len(shown) > 60:
-        shown = shown[:57] + "..."
-    rules = {
-        "greater_than": lambda: f"must be > {ctx.get('gt')}",
-        "greater_than_equal": lambda: f"must be >= {ctx.get('ge')}",
-        "less_than": lambda: f"must be < {ctx.get('lt')}",
-        "less_than_equal": lambda: f"must be <= {ctx.get('le')}",
-        "int_type": lambda: "must be an integer",
-        "float_type": lambda: "must be a number",
-        "bool_type": lambda: "must be true or false",
-        "string_type": lambda: "must be a string",
-        "list_type": lambda: "must be a list",
-        "model_type": lambda: "must be a mapping",
-        "literal_error": lambda: f"must be one of {ctx.get('expected')}",
-        "string_pattern_mismatch": lambda: f"must match {ctx.get('pattern')}",
-        "missing": lambda: "is required",
-    }
-    if kind == "union_tag_invalid":
-        field = str(ctx.get("discriminator", "")).strip("'")
-        return f"{key}.{field} must be one of {ctx.get('expected_tags')}, got {ctx.get('tag')!r}"
-    if kind == "extra_forbidden":
-        return f"unknown key {key}"
-    if kind == "missing":
-        return f"{key} is required"
-    if kind == "value_error":
-        # our own validators: the message starts with the field inside this section
-        head = f"{prefix}{loc}." if loc else prefix
-        return f"{head}{ctx.get('error', err['msg'])}"
-    rule = rules.get(kind, lambda: err["msg"].lower())()
-    return f"{key} {rule}, got {shown}"
-
-
-def validation_message(exc: ValidationError, prefix: str = "") -> str:
-    """One line for the first error (the others usually follow from it), naming the key."""
-    errors = exc.errors(include_url=False)
-    first = _format_error(errors[0], prefix)
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return first + more
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars/lists."""
-    for item in overrides:
-        if "=" not in item:
-            raise SpecError(f"--set {item!r} must look like dotted.key=value")
-        dotted, _, text = item.partition("=")
-        keys = dotted.strip().split(".")
-        if not all(keys):
-            raise SpecError(f"--set {item!r} has an empty key")
-        try:
-            value = _yaml(text) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            raise SpecError(f"--set {dotted}: cannot parse value {text!r}: {exc}") from None
-        node = raw
-        for i, key in enumerate(keys[:-1]):
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise SpecError(f"--set {dotted}: {'.'.join(keys[: i + 1])} is not a mapping")
-            node = child
-        node[keys[-1]] = value
-    return raw
-
-
-def _read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise SpecError(f"spec file not found: {p}")
-    try:
-        raw = _yaml(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{p}: invalid YAML{where}") from None
-    if not isinstance(raw, dict):
-        raise SpecError(f"{p}: the top level must be a mapping of sections")
-    return raw
-
-
 def load_job(path: str | Path, overrides: Iterable[str] = ()) -> JobSpec:
     """A job spec file with ``--set`` overrides, its paths made absolute (:func:`PathField`)."""
-    raw = apply_overrides(_read_yaml(path), overrides)
+    raw = apply_overrides(read_yaml(path), overrides)
     raw.setdefault("name", Path(path).stem)
     return parse_job(absolute_paths(raw))
 
@@ -483,13 +233,4 @@ def parse_job(raw: dict[str, Any]) -> JobSpec:
     try:
         return JobSpec.model_validate(raw)
     except ValidationError as exc:
-        raise SpecError(validation_message(exc)) from None
-
-
-def load_serve(path: str | Path | None, overrides: Iterable[str] = ()) -> ServeSpec:
-    raw = _read_yaml(path) if path else {}
-    raw = apply_overrides(raw, overrides)
-    try:
-        return ServeSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise SpecError(validation_message(exc, prefix="serve.")) from None
+        raise SpecError(validation_message(exc, tags=UNION_TAGS)) from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -21,20 +20,15 @@ from ray import serve
 
 from genai import cluster
 from genai.checkpoint import read_meta
-from genai.config import ServeSpec, load_job
+from genai.config import load_job
 from genai.pictures import png_bytes, save_grid
 from genai.quality import load_classifier
 from genai.serve.run import start
+from genai.serve.spec import ServeSpec
 from genai.train.run import train
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 PROMPTS = ["def fibonacci(", "import ", "class Stack:\n    def ", "    for i in range("]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _decode_pngs(items: list[dict]) -> torch.Tensor:
@@ -67,7 +61,7 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
         metas = {n: read_meta(p) for n, p in paths.items()}
 
         log("\n== 4/5 serve all three in one Ray Serve application")
-        url = start(ServeSpec(port=free_port()), list(paths.values()))
+        url = start(ServeSpec(port=cluster.free_port()), list(paths.values()))
         log(f"serving at {url}")
 
         log("\n== 5/5 call every route over HTTP")

@@ -47,7 +47,7 @@ def serve_url(ray_session):
     """Ray Serve's HTTP proxy, started once: its port cannot change while Serve runs."""
     from ray import serve
 
-    from tests.support import free_port
+    from genai.cluster import free_port
 
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -96,10 +96,10 @@ TINY: dict[str, Any] = {
 
 
 def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    """``over`` laid on a copy of ``base`` (tests change what they get; TINY stays as it is)."""
+    from genai.specio import deep_merge
+
+    return deep_merge(copy.deepcopy(base), over)
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def zero3_checkpoint(ray_session, tmp_path_factory, corpus_dir, cache_dir) -> Pa
 def _ray_leftovers() -> list[str]:
     """Ray processes in this test session's process session (the embedded instance, and
     anything a test started without a session of its own), other than pytest itself."""
-    from genai.localcluster import session_pids
+    from genai.testing.localcluster import session_pids
 
     me, found = os.getpid(), []
     for pid in session_pids(os.getsid(0)):

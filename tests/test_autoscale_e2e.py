@@ -39,8 +39,8 @@ def _wait(pred, timeout: float, timeline: list, t0: float) -> bool:
 def test_gateway_scales_up_under_load_and_back_down(serve_url, zero3_checkpoint):
     from ray import serve
 
-    from genai.config import ServeSpec
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
 
     spec = ServeSpec.model_validate(
         {

@@ -1,4 +1,4 @@
-"""A real multi-node Ray cluster on this machine (genai.localcluster: one `ray start` per
+"""A real multi-node Ray cluster on this machine (genai.testing.localcluster: one `ray start` per
 node, token auth on), started once for the module and stopped by pid:
 
 - job submission through the Jobs API: the working dir is shipped, the workers span two
@@ -26,7 +26,7 @@ import pytest
 
 from genai import checkpoint as ckpt
 from genai.config import parse_job
-from genai.localcluster import LocalCluster, memory_stats, session_pids
+from genai.testing.localcluster import LocalCluster, memory_stats, session_pids
 from tests.conftest import TINY, merge
 from tests.support import token_corpus
 from tests.test_images_e2e import GAN, _spec

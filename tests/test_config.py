@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from genai.config import SpecError, load_job, load_serve, parse_job
+from genai.config import SpecError, load_job, parse_job
+from genai.serve.spec import load_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 

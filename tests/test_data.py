@@ -9,10 +9,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from genai.config import DataSpec, SpecError
+from genai.config import SpecError
 from genai.data.batches import BlockSampler, eval_batches
 from genai.data.corpus import iter_documents, resolve_files
 from genai.data.tokens import prepare
+from genai.families.lm import DataSpec
 from tests.support import token_corpus
 
 

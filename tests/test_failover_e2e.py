@@ -61,8 +61,8 @@ def _stream(url: str, max_tokens: int, started: threading.Semaphore) -> str:
 def test_replica_killed_under_load_is_replaced_without_failed_requests(serve_url, zero3_checkpoint):
     from ray import serve
 
-    from genai.config import ServeSpec
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
 
     spec = ServeSpec.model_validate(
         {

@@ -71,8 +71,8 @@ def test_a_gpu_checkpoint_continues_on_the_cpu_and_back(
 def test_a_replica_serves_from_the_gpu(ray_session, serve_url, tmp_path, corpus_dir, cache_dir):
     from ray import serve
 
-    from genai.config import ServeSpec
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
     from genai.train.run import train
 
     final = train(parse_job(_raw("lm", 2, tmp_path, corpus_dir, cache_dir)))

@@ -86,8 +86,8 @@ def test_hot_swap_under_load_loses_nothing_and_refuses_bad_checkpoints(
 ):
     from ray import serve
 
-    from genai.config import ServeSpec
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
 
     name = read_meta(zero3_checkpoint).name
     root = tmp_path / "ckpts"

@@ -14,8 +14,9 @@ import torch
 import torch.distributed as dist
 from PIL import Image
 
-from genai.config import ImageDataSpec, SpecError, parse_job
+from genai.config import SpecError, parse_job
 from genai.data.images import diagonal_gaussian_nll, load_images, to_model_range
+from genai.families.images import ImageDataSpec
 from genai.models.gan import Discriminator, GANConfig, Generator
 from genai.models.vae import VAE, VAEConfig
 from genai.quality import cached_classifier, frechet_distance, sample_quality

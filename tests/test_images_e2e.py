@@ -143,8 +143,8 @@ def all_served(serve_url, image_checkpoints, zero3_checkpoint):
     """LM, GAN and VAE in one Serve application."""
     from ray import serve
 
-    from genai.config import ServeSpec
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
 
     ckpts = [zero3_checkpoint, image_checkpoints["tiny-gan"], image_checkpoints["tiny-vae"]]
     serve.run(

@@ -108,8 +108,8 @@ def test_a_sweep_of_two_trials_promotes_by_the_familys_objective(swept):
 def served(serve_url, trained, tmp_path_factory):
     from ray import serve
 
-    from genai.config import ServeSpec
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
 
     logs = tmp_path_factory.mktemp("mog-log")
     spec = ServeSpec(

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from genai import checkpoint as ckpt
-from tests.support import free_port
+from genai.cluster import free_port
 from tests.test_images_e2e import VAE, _spec
 
 pytestmark = [pytest.mark.e2e, pytest.mark.full]
@@ -119,8 +119,9 @@ def test_prometheus_scrapes_training_and_serving_and_every_panel_has_data(
 ):
     from ray import serve
 
-    from genai.config import ServeSpec, parse_job
+    from genai.config import parse_job
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
     from genai.train.run import train
 
     t_start = time.time()

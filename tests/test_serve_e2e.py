@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port
+from genai.cluster import free_port
 
 pytestmark = pytest.mark.e2e
 

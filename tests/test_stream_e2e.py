@@ -24,8 +24,8 @@ def chat_served(serve_url, zero3_checkpoint, tmp_path_factory):
     """The ZeRO-3 LM as it is (no chat template), and a copy whose tokenizer has one."""
     from ray import serve
 
-    from genai.config import ServeSpec
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
 
     chat = tmp_path_factory.mktemp("chat") / "step"
     shutil.copytree(zero3_checkpoint, chat, symlinks=True)

@@ -126,8 +126,8 @@ def test_promoted_checkpoint_is_a_self_contained_copy_with_lineage(asha):
 def test_promoted_checkpoint_served_shows_lineage(asha, serve_url):
     from ray import serve
 
-    from genai.config import ServeSpec
     from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
 
     result, _, _ = asha
     serve.run(build_app(ServeSpec(), [result.best_checkpoint]), name="tuned", route_prefix="/")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from genai import checkpoint as ckpt
-from genai.config import DeepSpeedSpec, ModelSpec, TrainSpec
+from genai.config import DeepSpeedSpec, TrainSpec
+from genai.families.lm import ModelSpec
 from genai.models.decoding import (
     BatchDecoder,
     Generation,

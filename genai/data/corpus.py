@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from genai.config import DataSpec, SpecError
+from genai.config import SpecError
+from genai.families.lm import DataSpec
 
 _FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 

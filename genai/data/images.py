@@ -17,7 +17,8 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from genai.config import ImageDataSpec, SpecError
+from genai.config import SpecError
+from genai.families.images import ImageDataSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
 

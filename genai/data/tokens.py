@@ -30,21 +30,46 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from genai.config import DataSpec
 from genai.data.corpus import iter_documents, resolve_files
+from genai.families.lm import DataSpec
 from genai.specbase import SpecError
 
 EOS = "<|endoftext|>"
 FORMAT_VERSION = 3
 _XZ_SAMPLE_TOKENS = 1 << 20  # xz -9e of more held-out text would take minutes
 _TOKENIZER_FILES = {"vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json"}
+
+
+class CacheMeta(BaseModel):
+    """``meta.json`` of a token cache directory: what the workers and the report read."""
+
+    format: int = FORMAT_VERSION
+    train_tokens: int
+    val_tokens: int
+    train_shards: list[tuple[str, int]]
+    """training shards (file name under ``train/``, or an absolute path) and token counts"""
+    vocab_size: int
+    eos_id: int
+    documents: dict[str, int]
+    val_bytes: int
+    xz_bpb: float
+    spec: dict[str, Any]
+
+    def write(self, directory: Path) -> None:
+        (directory / "meta.json").write_text(self.model_dump_json(indent=2))
+
+    @classmethod
+    def read(cls, directory: Path) -> CacheMeta:
+        return cls.model_validate_json((directory / "meta.json").read_text())
 
 
 @dataclass(frozen=True)
@@ -70,8 +95,7 @@ class TokenData:
     def train_shards(self) -> list[tuple[Path, int]]:
         """The training shards in order, with their token counts (a pre-tokenized corpus's
         shards are its own files: absolute paths)."""
-        meta = json.loads((self.dir / "meta.json").read_text())
-        return [(self.dir / "train" / name, n) for name, n in meta["train_shards"]]
+        return [(self.dir / "train" / name, n) for name, n in CacheMeta.read(self.dir).train_shards]
 
     def tokenizer(self) -> PreTrainedTokenizerFast:
         return AutoTokenizer.from_pretrained(self.tokenizer_dir)
@@ -117,9 +141,14 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
         log(f"data: reusing tokenized corpus {out}")
         return _token_data(out)
 
-    t0 = time.perf_counter()
     if spec.format == "tokens":
         return _import_tokens(spec, files, out, log)
+    return _tokenize_text(spec, files, out, log)
+
+
+def _tokenize_text(spec: DataSpec, files: list[Path], out: Path, log) -> TokenData:
+    """Hold out whole documents, train (or load) the tokenizer, write the shards."""
+    t0 = time.perf_counter()
     docs = list(iter_documents(files, spec))
     if len(docs) < 2:
         raise ValueError(
@@ -160,19 +189,17 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
         tokenizer.save_pretrained(tmp / "tokenizer")
         val_text = "".join(val_docs).encode("utf-8", "replace")
         xz = lzma.compress(val_text, preset=9 | lzma.PRESET_EXTREME)
-        meta = {
-            "format": FORMAT_VERSION,
-            "train_tokens": counts["train"],
-            "val_tokens": counts["val"],
-            "train_shards": shards,
-            "vocab_size": len(tokenizer),
-            "eos_id": eos_id,
-            "documents": {"train": len(train_docs), "val": len(val_docs)},
-            "val_bytes": len(val_text),
-            "xz_bpb": 8 * len(xz) / max(1, len(val_text)),
-            "spec": spec.model_dump(mode="json"),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        CacheMeta(
+            train_tokens=counts["train"],
+            val_tokens=counts["val"],
+            train_shards=shards,
+            vocab_size=len(tokenizer),
+            eos_id=eos_id,
+            documents={"train": len(train_docs), "val": len(val_docs)},
+            val_bytes=len(val_text),
+            xz_bpb=8 * len(xz) / max(1, len(val_text)),
+            spec=spec.model_dump(mode="json"),
+        ).write(tmp)
     log(
         f"data: tokenized {counts['train']:,} train + {counts['val']:,} val tokens "
         f"(vocab {len(tokenizer)}) in {time.perf_counter() - t0:.1f}s -> {out}"
@@ -245,21 +272,20 @@ def _import_tokens(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
     with _staged(out) as tmp:
         pq.write_table(pa.table({"tokens": val}), tmp / "val.parquet")
         tokenizer.save_pretrained(tmp / "tokenizer")
-        meta = {
-            "format": FORMAT_VERSION,
-            "train_tokens": sum(n for _, n in shards),
-            "val_tokens": len(val),
-            "train_shards": shards,
-            "vocab_size": len(tokenizer),
-            "eos_id": tokenizer.eos_token_id,
-            "documents": {"train": len(shards), "val": len(val_idx)},
-            "val_bytes": int(token_bytes[val].sum()),
-            "xz_bpb": 8 * len(xz) / max(1, len(sample)),
-            "spec": spec.model_dump(mode="json"),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        meta = CacheMeta(
+            train_tokens=sum(n for _, n in shards),
+            val_tokens=len(val),
+            train_shards=shards,
+            vocab_size=len(tokenizer),
+            eos_id=tokenizer.eos_token_id,
+            documents={"train": len(shards), "val": len(val_idx)},
+            val_bytes=int(token_bytes[val].sum()),
+            xz_bpb=8 * len(xz) / max(1, len(sample)),
+            spec=spec.model_dump(mode="json"),
+        )
+        meta.write(tmp)
     log(
-        f"data: {len(files)} pre-tokenized files, {meta['train_tokens']:,} train tokens "
+        f"data: {len(files)} pre-tokenized files, {meta.train_tokens:,} train tokens "
         f"(streamed in place) + {len(val):,} held-out tokens from {len(val_idx)} file(s) "
         f"-> {out}"
     )
@@ -308,16 +334,16 @@ def _read_tokens(path: Path) -> np.ndarray:
 
 
 def _token_data(out: Path) -> TokenData:
-    meta = json.loads((out / "meta.json").read_text())
+    meta = CacheMeta.read(out)
     return TokenData(
         dir=out,
         tokenizer_dir=out / "tokenizer",
-        train_tokens=meta["train_tokens"],
-        val_tokens=meta["val_tokens"],
-        vocab_size=meta["vocab_size"],
-        eos_id=meta["eos_id"],
-        val_bytes=meta["val_bytes"],
-        xz_bpb=meta["xz_bpb"],
+        train_tokens=meta.train_tokens,
+        val_tokens=meta.val_tokens,
+        vocab_size=meta.vocab_size,
+        eos_id=meta.eos_id,
+        val_bytes=meta.val_bytes,
+        xz_bpb=meta.xz_bpb,
     )
 
 

@@ -23,6 +23,7 @@ from genai.families import gan, lm, vae
 from genai.families.base import Family
 
 GROUP = "genai.families"
+DEFAULT_FAMILY = "lm"  # a job spec without model.family
 
 
 @cache

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from genai.checkpoint import Meta
-    from genai.config import JobSpec, ServeSpec
+    from genai.config import JobSpec
+    from genai.serve.spec import ServeSpec
     from genai.train.engine import Engine
 
 Log = Callable[[str], None]

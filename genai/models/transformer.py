@@ -14,7 +14,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from genai.config import ModelSpec
+from genai.families.lm import ModelSpec
 
 
 def model_config(spec: ModelSpec, vocab_size: int, eos_id: int) -> PretrainedConfig:

@@ -30,7 +30,6 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genai.checkpoint import read_meta, resolve
-from genai.config import ServeSpec
 from genai.families import get_family
 from genai.families.base import load_attr
 
@@ -41,6 +40,8 @@ from genai.serve.api import Route, count
 from genai.serve.errors import APIError
 from genai.serve.models import Models
 from genai.serve.schemas import FeedbackResponse, feedback_request, model_card, model_list
+from genai.serve.spec import ServeSpec
+from genai.specio import deep_merge
 
 app = FastAPI(
     title="genai",
@@ -410,19 +411,12 @@ def app_builder(args: AppArgs):
     ``genai serve`` builds the same application (:func:`build_app`). ``host`` and ``port``
     are the Serve config's ``http_options`` there, not arguments of the application.
     """
-    from genai.config import load_serve
+    from genai.serve.spec import load_serve
 
     overrides = args.model_dump(mode="json", exclude_unset=True, exclude={"config"})
     base = load_serve(args.config).model_dump(mode="json") if args.config else {}
-    spec = ServeSpec.model_validate(_merge(base, overrides))
+    spec = ServeSpec.model_validate(deep_merge(base, overrides))
     if not spec.checkpoints:
         raise ValueError("app_builder: args.checkpoints is empty (or set it in args.config)")
     listed_in_config = args.config is not None and "checkpoints" not in overrides
     return build_app(spec, spec.checkpoints, args.config if listed_in_config else None)
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out

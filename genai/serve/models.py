@@ -17,12 +17,12 @@ from typing import Any
 
 from ray import serve
 
-from genai.config import ServeSpec
 from genai.families.base import load_attr
 from genai.serve import keys, registry
 from genai.serve.api import Route
 from genai.serve.errors import APIError
 from genai.serve.routes import families_of, route_at
+from genai.serve.spec import ServeSpec
 
 
 @serve.deployment

@@ -145,7 +145,7 @@ class Registry:
             if mtime != self._config_mtime:
                 self._config_mtime = mtime
                 try:
-                    from genai.config import load_serve
+                    from genai.serve.spec import load_serve
 
                     listed = load_serve(self._config_file).checkpoints
                     base = self._config_base

@@ -9,8 +9,8 @@ from pathlib import Path
 from ray import serve
 
 from genai import cluster
-from genai.config import ServeSpec
 from genai.serve.app import build_app
+from genai.serve.spec import ServeSpec
 
 APP_NAME = "genai"
 

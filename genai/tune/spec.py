@@ -26,16 +26,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from genai.config import (
-    JobSpec,
-    _read_yaml,
-    absolute_paths,
-    apply_overrides,
-    parse_job,
-    validation_message,
-)
+from genai.config import JobSpec, absolute_paths, parse_job
 from genai.families import get_family
 from genai.specbase import Section, SpecError
+from genai.specio import apply_overrides, read_yaml, validation_message
 
 _KINDS = ("loguniform", "uniform", "choice", "grid")
 _DIMENSION = re.compile(r"^\s*(\w+)\s*\((.*)\)\s*$", re.S)
@@ -84,10 +78,10 @@ def parse_dimension(key: str, text: Any) -> Dimension:
     kind, args = m.group(1), m.group(2)
     if kind not in _KINDS:
         raise SpecError(f"{where}: unknown distribution {kind!r}; use one of {list(_KINDS)}")
-    from genai.config import _yaml
+    from genai.specio import yaml_value
 
     try:
-        parsed = _yaml(f"[{args}]")
+        parsed = yaml_value(f"[{args}]")
     except Exception:
         raise SpecError(f"{where}: cannot parse the arguments of {kind}(...): {args!r}") from None
     if kind in ("choice", "grid"):
@@ -242,7 +236,7 @@ def _apply_sweep_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dic
 
 def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     path = Path(path)
-    raw = _apply_sweep_overrides(_read_yaml(path), overrides)
+    raw = _apply_sweep_overrides(read_yaml(path), overrides)
     raw.setdefault("name", path.stem)
     space = raw.get("space")
     if isinstance(space, dict):
@@ -256,7 +250,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> Sweep:
     # every user path resolved here, in the driver: Tune runs trials in directories of their own
     spec = spec.model_copy(update={"storage": str(spec.root)})
     base_path = (path.parent / spec.base).resolve()
-    base_raw = _read_yaml(base_path)
+    base_raw = read_yaml(base_path)
     base_raw.setdefault("name", base_path.stem)
     try:
         apply_overrides(base_raw, [f"{k}={json.dumps(v)}" for k, v in spec.overrides.items()])

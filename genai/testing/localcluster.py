@@ -7,8 +7,8 @@ every Ray on the machine). Each node gets its own temp dir and ports, a custom r
 named after it (``node0`` is the head) to place work on it, and the cluster its own auth
 token (token authentication on, as Ray 2.60 defaults to).
 
-    python -m genai.localcluster up 3 --dir runs/local-cluster   # head + 2 worker nodes
-    python -m genai.localcluster down --dir runs/local-cluster
+    python -m genai.testing.localcluster up 3 --dir runs/local-cluster   # head + 2 worker nodes
+    python -m genai.testing.localcluster down --dir runs/local-cluster
 """
 
 from __future__ import annotations
@@ -29,13 +29,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from genai.cluster import free_port
+
 READY = "Ray runtime started."
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def session_pids(sid: int) -> list[int]:
@@ -117,7 +113,7 @@ class LocalCluster:
         if not self.token_path.exists():
             self.token_path.write_text(secrets.token_hex(32))
             self.token_path.chmod(0o600)
-        self.port, self.dashboard_port = _free_port(), _free_port()
+        self.port, self.dashboard_port = free_port(), free_port()
         try:
             self.add_node(head=True, timeout_s=timeout_s)
             for _ in range(n_nodes - 1):
@@ -159,8 +155,8 @@ class LocalCluster:
             f"--num-cpus={self.cpus_per_node}",
             f"--resources={json.dumps({name: 1, **(resources or {})})}",
             f"--temp-dir={temp_dir}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
             "--disable-usage-stats",
         ]
         if head:
@@ -356,7 +352,9 @@ def _stop_session(sid: int, grace_s: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="genai.localcluster", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="genai.testing.localcluster", description=__doc__.split("\n")[0]
+    )
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("nodes", nargs="?", type=int, default=3, help="nodes, head included (up)")
     p.add_argument("--dir", default="runs/local-cluster", help="state, logs and auth token")
