@@ -10,15 +10,9 @@ import torch
 
 from genai import checkpoint as ckpt
 from genai.config import DeepSpeedSpec, TrainSpec
+from genai.decoding.batch import BatchDecoder, generate
+from genai.decoding.generation import Generation, Sampling, StopText, sample_rows
 from genai.families.lm import ModelSpec
-from genai.models.decoding import (
-    BatchDecoder,
-    Generation,
-    Sampling,
-    StopText,
-    generate,
-    sample_rows,
-)
 from genai.models.transformer import build_lm
 from genai.train.engine import deepspeed_config, lr_lambda
 
@@ -55,7 +49,7 @@ def test_a_restart_after_a_failure_resumes_from_its_own_newest_checkpoint(tmp_pa
     """What train_loop_per_worker continues from: the driver's resume_from, unless this
     run (run_id) has committed a strictly newer checkpoint before it failed; debris of
     the interrupted checkpoint is this run's staging dirs only."""
-    from genai.train.loop import _resume_source
+    from genai.train.resume import resume_source
 
     root, other = tmp_path / "run", tmp_path / "donor"
     for step, run_id, where in ((4, "old", root), (4, "donor", other), (6, "r1", root)):
@@ -66,9 +60,9 @@ def test_a_restart_after_a_failure_resumes_from_its_own_newest_checkpoint(tmp_pa
         ckpt.commit(staging, where, step, keep=5)
     donor = other / "step-000004"
     config = {"run_id": "r1", "resume_from": str(donor)}
-    assert _resume_source(config, root) == root / "step-000006"  # own, newer than asked
-    assert _resume_source({"run_id": "r2", "resume_from": str(donor)}, root) == donor
-    assert _resume_source({"run_id": "r2", "resume_from": None}, root) is None  # fresh run
+    assert resume_source(config, root) == root / "step-000006"  # own, newer than asked
+    assert resume_source({"run_id": "r2", "resume_from": str(donor)}, root) == donor
+    assert resume_source({"run_id": "r2", "resume_from": None}, root) is None  # fresh run
     assert ckpt.latest_of_run(root, "old") == root / "step-000004"
     _fake_checkpoint(ckpt.staging_dir(root, 8, "r1"), 8)
     _fake_checkpoint(ckpt.staging_dir(root, 8, "r9"), 8)
@@ -154,7 +148,7 @@ def test_batched_decoding_matches_each_sequence_decoded_alone(arch, lean):
 
 def test_lean_forward_gives_transformers_logits(monkeypatch):
     """Left-padded prefill, then decode steps past a buffer's spare room, row for row."""
-    from genai.models.fastpath import LayerKV, lean_forward
+    from genai.decoding.fastpath import LayerKV, lean_forward
 
     monkeypatch.setattr(LayerKV, "GROW", 8)
     model = _tiny_lm()
