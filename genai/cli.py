@@ -86,7 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _query(args: argparse.Namespace) -> int:
-    import httpx
+    from genai import client
 
     key = os.environ.get(args.api_key_env, "")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -100,45 +100,15 @@ def _query(args: argparse.Namespace) -> int:
         body["model"] = args.model
     if args.seed is not None:
         body["seed"] = args.seed
-    url = f"{args.url.rstrip('/')}/v1/completions"
-    try:
-        if args.stream:
-            return _query_stream(url, body, headers, args)
-        r = httpx.post(url, json=body, headers=headers, timeout=args.timeout)
-    except httpx.HTTPError as exc:
-        raise ConnectionError(f"cannot reach {args.url}: {exc}") from None
-    data = r.json()
-    if r.status_code != 200:
-        raise ValueError(f"HTTP {r.status_code}: {data.get('error', {}).get('message', data)}")
-    if args.json:
-        print(json.dumps(data, indent=2))
-    else:
-        print(args.prompt + data["choices"][0]["text"])
-    return 0
-
-
-def _query_stream(url: str, body: dict, headers: dict, args: argparse.Namespace) -> int:
-    """Print the completion as the server sends it (server-sent events)."""
-    import httpx
-
-    with httpx.stream(
-        "POST", url, json={**body, "stream": True}, headers=headers, timeout=args.timeout
-    ) as r:
-        if r.status_code != 200:
-            data = json.loads(r.read() or b"{}")
-            raise ValueError(f"HTTP {r.status_code}: {data.get('error', {}).get('message', data)}")
-        if not args.json:
-            print(args.prompt, end="", flush=True)
-        for line in r.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            event = json.loads(line[len("data: ") :])
-            if "error" in event:
-                raise RuntimeError(f"stream failed: {event['error'].get('message')}")
-            if args.json:
-                print(json.dumps(event))
-            else:
-                print(event["choices"][0]["text"], end="", flush=True)
+    if not args.stream:
+        data = client.complete(args.url, body, headers, args.timeout)
+        print(json.dumps(data, indent=2) if args.json else args.prompt + data["choices"][0]["text"])
+        return 0
+    if not args.json:
+        print(args.prompt, end="", flush=True)
+    for event in client.stream(args.url, body, headers, args.timeout):
+        text = json.dumps(event) + "\n" if args.json else event["choices"][0]["text"]
+        print(text, end="", flush=True)
     if not args.json:
         print()
     return 0
@@ -199,83 +169,18 @@ def _job_error(logs: str) -> str | None:
     return None
 
 
-def _since(text: str):
-    """'90s' / '30m' / '1h' / '2d' ago, or an ISO 8601 time (UTC unless it says)."""
-    from datetime import datetime, timedelta, timezone
-
-    units = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in units:
-        return datetime.now(timezone.utc) - timedelta(**{units[text[-1]]: float(text[:-1])})
-    try:
-        # Python 3.10's fromisoformat reads no 'Z' suffix
-        when = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)
-    except ValueError:
-        raise ValueError(f"--since: {text!r} is neither 30m/1h/2d nor an ISO 8601 time") from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-
-
 def _generations(args: argparse.Namespace) -> int:
-    from genai.serve import genlog
+    from genai.serve import genlog_view
 
-    directory = Path(args.dir)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"--dir: no generation log at {directory}")
-    since = _since(args.since) if args.since else None
-    table, skipped = genlog.read(directory, args.model, since, args.min_score, args.max_score)
-    if args.limit:
-        table = table.slice(max(0, table.num_rows - args.limit))
-    for path in skipped:
-        print(f"genai: skipped {path.name} (still being written, or torn)", file=sys.stderr)
+    table = genlog_view.select(
+        Path(args.dir), args.model, args.since, args.min_score, args.max_score, args.limit
+    )
     if args.out:
-        out = Path(args.out)
-        if out.suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            pq.write_table(table, out)
-        elif out.suffix == ".csv":
-            import pyarrow.csv as pacsv
-
-            # CSV has no lists: image hashes joined with spaces
-            hashes = [" ".join(h or []) for h in table["image_sha256"].to_pylist()]
-            i = table.schema.get_field_index("image_sha256")
-            pacsv.write_csv(table.set_column(i, "image_sha256", [hashes]), out)
-        else:
-            raise ValueError(f"--out: {out.name} must end in .parquet or .csv")
-        print(f"wrote {table.num_rows} generations to {out}")
-        return 0
-    _print_generations(table.to_pylist(), args.width)
+        genlog_view.export(table, Path(args.out))
+        print(f"wrote {table.num_rows} generations to {args.out}")
+    else:
+        genlog_view.show(table.to_pylist(), args.width)
     return 0
-
-
-def _print_generations(rows: list[dict], width: int) -> None:
-    def cut(text: str | None) -> str:
-        text = (text or "").replace("\n", "\\n")
-        return text if len(text) <= width else text[: width - 1] + "…"
-
-    cols = ("time", "id", "model", "step", "key", "status", "latency", "tokens", "score")
-    lines = [(*cols, "prompt", "output")]
-    for r in rows:
-        images = r["image_sha256"] or []
-        tokens = f"{r['prompt_tokens']}+{r['completion_tokens']}" if r["prompt_tokens"] else ""
-        lines.append(
-            (
-                r["time"].strftime("%Y-%m-%d %H:%M:%S"),
-                r["id"],
-                r["model"] or "",
-                str(r["step"] if r["step"] is not None else ""),
-                r["key"] or "",
-                str(r["status"]),
-                f"{r['latency_s'] * 1000:.0f}ms",
-                tokens or (f"{len(images)} img" if images else ""),
-                "" if r["score"] is None else f"{r['score']:g}",
-                cut(r["prompt"]),
-                cut(r["output"]),
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for line in lines:
-        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
-    print(f"({len(rows)} generations)")
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """Causal language models from Hugging Face ``transformers``.
 
 Torch only: no Ray, no DeepSpeed. Training builds the model here; serving loads
-a checkpoint and decodes with :mod:`genai.models.decoding`.
+a checkpoint and decodes with :mod:`genai.decoding`.
 """
 
 from __future__ import annotations

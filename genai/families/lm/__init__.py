@@ -97,7 +97,7 @@ class DataSpec(Section):
 
 
 class DecodingSpec(Section):
-    """Continuous batching of LM requests inside a replica (genai/models/decoding.py)."""
+    """Continuous batching of LM requests inside a replica (genai/decoding/)."""
 
     max_batch_size: int = Field(
         32, ge=1, le=1024, description="sequences decoded together; more requests queue"

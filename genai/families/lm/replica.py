@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+from genai.decoding.generation import Generation
 from genai.families.lm.serving import LMServer, NoChatTemplate, PromptTooLong
-from genai.models.decoding import Generation
 from genai.serve.api import ReplicaCalls, Route
 from genai.serve.errors import APIError
 

@@ -5,7 +5,7 @@ never training code, never a pickle (a ``pytorch_model.bin`` dropped into a
 checkpoint is ignored). The model is built from ``config.json``.
 
 :class:`LMServer` lives inside the gateway's replica (no extra Serve hop): a
-:class:`~genai.models.decoding.BatchDecoder` thread runs the forward passes,
+:class:`~genai.decoding.batch.BatchDecoder` thread runs the forward passes,
 and requests wait on asyncio futures/queues fed from that thread.
 """
 
@@ -23,8 +23,9 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from genai.checkpoint import WEIGHTS, Meta, open_for_inference
+from genai.decoding.batch import BatchDecoder
+from genai.decoding.generation import Generation, Sampling
 from genai.families.lm import metrics
-from genai.models.decoding import BatchDecoder, Generation, Sampling
 from genai.models.transformer import context_length
 from genai.serve.api import base_card, count, current_key
 

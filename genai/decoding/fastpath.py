@@ -72,7 +72,7 @@ class LayerKV:
 
 @dataclass
 class KVCache:
-    """The shape :class:`~genai.models.decoding.BatchDecoder` edits: ``layers[i].keys/values``,
+    """The shape :class:`~genai.decoding.batch.BatchDecoder` edits: ``layers[i].keys/values``,
     as in ``transformers``' ``DynamicCache``."""
 
     layers: list[LayerKV]
