@@ -71,7 +71,7 @@ def plain(family: str, t0: float) -> None:
     elif family == "gan":
         from genai.models.gan import Discriminator, GANConfig, Generator, d_loss
 
-        cfg = GANConfig(**{k: m[k] for k in GANConfig.__dataclass_fields__ if k in m})
+        cfg = GANConfig(**{k: m[k] for k in GANConfig.model_fields if k in m})
         g, d = Generator(cfg), Discriminator(cfg)
         model = torch.nn.ModuleList([g, d])
         labels = torch.randint(0, cfg.num_classes, (batch,))
@@ -83,7 +83,7 @@ def plain(family: str, t0: float) -> None:
     else:
         from genai.models.vae import VAE, VAEConfig
 
-        cfg = VAEConfig(**{k: m[k] for k in VAEConfig.__dataclass_fields__ if k in m})
+        cfg = VAEConfig(**{k: m[k] for k in VAEConfig.model_fields if k in m})
         model = VAE(cfg)
         x = torch.rand(batch, cfg.channels, cfg.image_size, cfg.image_size)
 

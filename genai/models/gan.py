@@ -1,4 +1,5 @@
-"""DCGAN-style generator and discriminator, optionally class-conditional. Torch only.
+"""DCGAN-style generator and discriminator, optionally class-conditional (torch; the config
+is a pydantic spec section).
 
 Images are (N, C, S, S) in [-1, 1] with S in {8, 16, 32, 64}. Both nets work
 on a 4x4 base: the generator upsamples from it (transposed convs that double
@@ -11,31 +12,37 @@ discriminator is a projection discriminator (Miyato & Koyama, 2018).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from genai.models import ImageSize
+from genai.specbase import Section
 
-@dataclass(frozen=True)
-class GANConfig:
-    image_size: int = 8
-    channels: int = 1
-    latent_dim: int = 64
-    g_width: int = (
-        64  # channels of the generator's last hidden layer; doubles per stage towards 4x4
+
+class GANConfig(Section):
+    """The two nets' shape; with ``family: gan`` it is the job spec's ``model:`` section."""
+
+    image_size: ImageSize = 8
+    channels: Literal[1, 3] = 1
+    latent_dim: int = Field(64, ge=2, le=4096)
+    g_width: int = Field(
+        64, ge=4, le=4096, description="the generator's last hidden channels; doubled per stage"
     )
-    d_width: int = 64
-    conditional: bool = False
-    num_classes: int = 10
+    d_width: int = Field(64, ge=4, le=4096)
+    conditional: bool = Field(False, description="class-conditional (needs labelled data)")
+    num_classes: int = Field(10, ge=2, le=100_000)
 
     @property
     def stages(self) -> int:
         return int(math.log2(self.image_size // 4))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The config alone (no family tag), as ``meta.json`` records it for serving."""
+        return self.model_dump(include=set(GANConfig.model_fields))
 
 
 class Generator(nn.Module):
@@ -68,17 +75,34 @@ class Generator(nn.Module):
         h = self.project(z).view(-1, self.top, 4, 4)  # (N, top, 4, 4)
         return torch.tanh(self.to_image(self.blocks(h)))  # (N, C, S, S)
 
-    @torch.no_grad()
-    def sample(
-        self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        p = next(self.parameters())
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=p.device).to(p.dtype)
+    def latents(
+        self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What ``n`` samples start from, on the CPU, drawn from ``generator`` in this order:
+        z, then (conditional, where ``labels`` is None) random classes. Every sampler uses
+        this (training's pictures and quality, serving), so a seed means the same images."""
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator)
         if self.cfg.conditional and labels is None:
-            labels = torch.randint(
-                0, self.cfg.num_classes, (n,), generator=generator, device=p.device
-            )
-        return self(z, labels)
+            labels = torch.randint(0, self.cfg.num_classes, (n,), generator=generator)
+        return z, labels if self.cfg.conditional else None
+
+    @staticmethod
+    def to_unit(x: torch.Tensor) -> torch.Tensor:
+        """Generator output ([-1, 1]) as images in [0, 1]."""
+        return (x + 1) / 2
+
+    @torch.no_grad()
+    def images(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images in [0, 1] from latents (moved to the generator's device and dtype)."""
+        p = next(self.parameters())
+        labels = None if labels is None else labels.to(p.device)
+        return self.to_unit(self(z.to(p.device, p.dtype), labels))
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``n`` images in [0, 1]."""
+        return self.images(*self.latents(n, generator, labels))
 
 
 class Discriminator(nn.Module):

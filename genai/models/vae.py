@@ -1,4 +1,4 @@
-"""Convolutional VAE with a Gaussian latent. Torch only.
+"""Convolutional VAE with a Gaussian latent (torch; the config is a pydantic spec section).
 
 Images are (N, C, S, S) in [0, 1]. The decoder's likelihood is Bernoulli (for
 near-binary images) or Gaussian with a learned per-pixel scale (for
@@ -10,29 +10,35 @@ All bounds are per image, in nats.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from genai.models import ImageSize
+from genai.specbase import Section
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
-@dataclass(frozen=True)
-class VAEConfig:
-    image_size: int = 8
-    channels: int = 1
-    latent_dim: int = 16
-    width: int = 32
-    likelihood: str = "gaussian"  # or "bernoulli"
+class VAEConfig(Section):
+    """The VAE's shape; with ``family: vae`` it is the job spec's ``model:`` section."""
+
+    image_size: ImageSize = 8
+    channels: Literal[1, 3] = 1
+    latent_dim: int = Field(16, ge=1, le=4096)
+    width: int = Field(32, ge=4, le=4096)
+    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
 
     @property
     def stages(self) -> int:
         return int(math.log2(self.image_size // 4))
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        """The config alone (no family tag), as ``meta.json`` records it for serving."""
+        return self.model_dump(include=set(VAEConfig.model_fields))
 
 
 class VAE(nn.Module):
@@ -100,11 +106,24 @@ class VAE(nn.Module):
             logws.append(self.log_px(x, self.decode(z)) + log_prior - log_q)
         return -(torch.logsumexp(torch.stack(logws), 0) - math.log(k))
 
+    def latents(
+        self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, None]:
+        """Prior draws on the CPU (``labels`` is accepted for the image families' common
+        interface and ignored: the VAE is unconditional)."""
+        return torch.randn(n, self.cfg.latent_dim, generator=generator), None
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def images(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Decoded means in [0, 1] from latents (moved to the model's device and dtype)."""
         p = next(self.parameters())
-        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=p.device).to(p.dtype)
-        return self.mean_image(z)
+        return self.mean_image(z.to(p.device, p.dtype))
+
+    def sample(
+        self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``n`` images in [0, 1] from the prior."""
+        return self.images(*self.latents(n, generator))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:

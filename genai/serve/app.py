@@ -1,7 +1,9 @@
 """The Serve application: a FastAPI gateway in front of the model deployment.
 
-The gateway (this file) authenticates, validates, counts, logs and formats; the model
-replicas (:mod:`genai.serve.models`) hold the checkpoints and do the work. The gateway
+This file holds the shared routes (health, ``/v1/models``, feedback), every family's
+routes (:mod:`genai.serve.api`) and the building of the application. The gateway
+authenticates (:mod:`.middleware`), validates, counts, logs and formats (:mod:`.openai`);
+the model replicas (:mod:`genai.serve.models`) hold the checkpoints and do the work. The gateway
 calls them through a Serve handle and retries a call whose replica died before it
 produced anything, so a lost replica costs no request.
 
@@ -22,12 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genai.checkpoint import read_meta, resolve
 from genai.families import get_family
@@ -38,7 +37,9 @@ from genai.serve import genlog, keys, metrics
 from genai.serve import routes as surface
 from genai.serve.api import Route, count
 from genai.serve.errors import APIError
+from genai.serve.middleware import LimitsAndAuth
 from genai.serve.models import Models
+from genai.serve.openai import install_error_handlers
 from genai.serve.schemas import FeedbackResponse, feedback_request, model_card, model_list
 from genai.serve.spec import ServeSpec
 from genai.specio import deep_merge
@@ -52,117 +53,7 @@ ModelList = model_list(ModelCard)
 ID_PREFIX = surface.id_prefixes()
 FeedbackRequest = feedback_request(ID_PREFIX.values())
 GENERATIONS = genlog.generations_schema(surface.log_fields())
-
-
-def _error(
-    status: int,
-    message: str,
-    param: str | None = None,
-    kind: str = "invalid_request_error",
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        content={"error": {"message": message, "type": kind, "param": param, "code": None}},
-        headers=headers,
-    )
-
-
-@app.exception_handler(APIError)
-async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-    return _error(exc.status, exc.message, exc.param, exc.kind)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-    # FastAPI's default echoes the input back (a multi-megabyte bad field would come back
-    # as a multi-megabyte error body): report the field and the rule only.
-    err = exc.errors()[0]
-    # loc is ("body", field, <union member / index>...): the request's field is what the client knows
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    param = loc[0] if loc else "body"
-    if err.get("type") == "json_invalid":
-        return _error(400, "request body is not valid JSON", "body")
-    if err.get("type") == "missing":
-        return _error(422, f"{param} is required", param)
-    return _error(422, f"{param}: {err.get('msg', 'invalid value')}", param)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return _error(
-        exc.status_code,
-        str(exc.detail),
-        "body" if exc.status_code == 400 else None,  # Starlette's 400: the body did not parse
-        "not_found" if exc.status_code == 404 else "http_error",
-    )
-
-
-class LimitsAndAuth:
-    """Body size, API keys (and their rate limits) and the JSON content type, checked
-    before routing. The key's name is set in :data:`~genai.serve.keys.current_key`.
-
-    A plain ASGI middleware: Starlette's ``@app.middleware("http")`` (BaseHTTPMiddleware)
-    wraps every request and response in extra tasks and streams, and serving is measured
-    per millisecond here.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.inner(scope, receive, send)
-            return
-        state = scope["app"].state  # the app Serve runs (a copy of this module's `app`)
-        headers = {k: v for k, v in scope["headers"]}
-        length = headers.get(b"content-length", b"").decode("latin-1")
-        if length and (not length.isdigit() or int(length) > state.max_body_bytes):
-            reply = _error(413, f"request body exceeds {state.max_body_bytes} bytes", "body")
-            await reply(scope, receive, send)
-            return
-        ring: keys.KeyRing = state.keys
-        if ring and scope["path"].startswith("/v1/"):
-            auth = headers.get(b"authorization", b"").decode("latin-1")
-            scheme, _, presented = auth.partition(" ")
-            key = ring.identify(presented) if scheme.lower() == "bearer" else None
-            if key is None:
-                reply = _error(
-                    401,
-                    "missing or invalid API key (Authorization: Bearer <key>)",
-                    None,
-                    "authentication_error",
-                )
-                await reply(scope, receive, send)
-                return
-            keys.current_key.set(key.name)
-            wait = ring.retry_after(key)
-            if wait > 0:
-                # label values are ours, never the client's text (cardinality, encoding)
-                known = any(getattr(r, "path", None) == scope["path"] for r in scope["app"].routes)
-                route = scope["path"] if known else "other"
-                metrics.requests_total().inc(
-                    tags={"route": route, "model": "", "status": "429", "key": key.name}
-                )
-                reply = _error(
-                    429,
-                    f"rate limit of key {key.name!r} ({key.requests_per_minute:g} requests/min) "
-                    "exceeded",
-                    None,
-                    "rate_limit_error",
-                    headers={"Retry-After": keys.retry_after_header(wait)},
-                )
-                await reply(scope, receive, send)
-                return
-        if scope["method"] == "POST" and not headers.get(b"content-type", b"").startswith(
-            b"application/json"
-        ):
-            # `curl -d '{...}'` sends application/x-www-form-urlencoded; every body here is JSON
-            rest = [(k, v) for k, v in scope["headers"] if k != b"content-type"]
-            scope = {**scope, "headers": [*rest, (b"content-type", b"application/json")]}
-        await self.inner(scope, receive, send)
-
-
+install_error_handlers(app)
 app.add_middleware(LimitsAndAuth)
 
 
@@ -341,26 +232,8 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str |
     absolute, so a ``latest`` link is re-resolved when watched): changing only them is an
     in-place update. With ``spec.watch``, model replicas poll them, and ``config_file``
     (the serve config they came from) for an edited list (:mod:`genai.serve.registry`)."""
-    if not checkpoints:
-        raise ValueError("no checkpoints to serve")
-    names: dict[str, str] = {}
-    for path in checkpoints:
-        directory = resolve(path)
-        meta = read_meta(directory)
-        get_family(meta.family)  # an unknown family fails here, not in the replica
-        if meta.name in names:
-            raise ValueError(f"two checkpoints are named {meta.name!r}; model ids must be unique")
-        names[meta.name] = str(Path(path).expanduser().absolute())
-    a = spec.autoscaling
-    autoscaling = {
-        "min_replicas": a.min_replicas,
-        "initial_replicas": max(1, a.min_replicas),
-        "max_replicas": a.max_replicas,
-        "target_ongoing_requests": a.target_ongoing_requests,
-        "upscale_delay_s": a.upscale_delay_s,
-        "downscale_delay_s": a.downscale_delay_s,
-        "look_back_period_s": a.look_back_period_s,
-    }
+    names = _named_checkpoints(checkpoints)
+    autoscaling = _autoscaling(spec)
     configured = keys.load_keys(spec.api_keys_env, spec.api_keys_file, spec.requests_per_minute)
     dumped = spec.model_dump(mode="json", exclude={"checkpoints"})
     # relative to where the application is built, like the checkpoints
@@ -392,6 +265,33 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str |
         max_ongoing_requests=g.max_ongoing_requests,
         autoscaling_config={**autoscaling, "target_ongoing_requests": g.target_ongoing_requests},
     ).bind(models, {"spec": dumped, "keys": keys.to_settings(configured)})
+
+
+def _named_checkpoints(checkpoints: list[str | Path]) -> dict[str, str]:
+    """Model id -> checkpoint path (absolute, as given); ids must be unique, families known."""
+    if not checkpoints:
+        raise ValueError("no checkpoints to serve")
+    names: dict[str, str] = {}
+    for path in checkpoints:
+        meta = read_meta(resolve(path))
+        get_family(meta.family)  # an unknown family fails here, not in the replica
+        if meta.name in names:
+            raise ValueError(f"two checkpoints are named {meta.name!r}; model ids must be unique")
+        names[meta.name] = str(Path(path).expanduser().absolute())
+    return names
+
+
+def _autoscaling(spec: ServeSpec) -> dict[str, Any]:
+    a = spec.autoscaling
+    return {
+        "min_replicas": a.min_replicas,
+        "initial_replicas": max(1, a.min_replicas),
+        "max_replicas": a.max_replicas,
+        "target_ongoing_requests": a.target_ongoing_requests,
+        "upscale_delay_s": a.upscale_delay_s,
+        "downscale_delay_s": a.downscale_delay_s,
+        "look_back_period_s": a.look_back_period_s,
+    }
 
 
 class AppArgs(ServeSpec):

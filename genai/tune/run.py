@@ -11,6 +11,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray import tune
@@ -36,7 +37,7 @@ from genai.tune.trial import run_trial
 
 # The trial function only drives its TorchTrainer (the workers hold the CPUs), but Tune will
 # not place a trial that asks for nothing: one byte of memory is a request that costs no CPU.
-TRIAL_RESOURCES = {"CPU": 0, "memory": 1}
+TRIAL_RESOURCES: dict[str, float] = {"CPU": 0, "memory": 1}
 
 
 class SweepFailed(RuntimeError):
@@ -70,6 +71,8 @@ def concurrent_trials(sweep: Sweep) -> int:
 def tune_sweep(
     sweep: Sweep, *, address: str | None = None, resume: bool = False, log=print
 ) -> SweepResult:
+    """Run the sweep (or resume it), then write its tables and curves and promote the best
+    trial's checkpoint to ``<storage>/best``."""
     root = sweep.root
     experiment = root / "tune" / sweep.name
     if resume and not tune.Tuner.can_restore(str(experiment)):
@@ -102,46 +105,51 @@ def tune_sweep(
                 restart_errored=False,
             )
         else:
-            n = concurrent_trials(sweep)
-            space = {k: d.to_tune() for k, d in sweep.spec.space.items()}
-            log(
-                f"tune: {sweep.name}: {sweep.num_samples} sample(s) of "
-                + ", ".join(f"{k} ~ {d}" for k, d in sweep.spec.space.items())
-                + f"; {sweep.spec.scheduler.kind} on {sweep.metric} ({sweep.mode}); {n} trial(s) at once"
-            )
-            tuner = tune.Tuner(
-                trainable,
-                param_space=space,
-                tune_config=TuneConfig(
-                    metric=sweep.metric,
-                    mode=sweep.mode,
-                    num_samples=sweep.num_samples,
-                    scheduler=build_scheduler(sweep),
-                    # the generator itself must hold trials back: Tune does not limit a
-                    # search_alg it is handed
-                    search_alg=BasicVariantGenerator(
-                        random_state=sweep.spec.seed, max_concurrent=n
-                    ),
-                    max_concurrent_trials=n,
-                    reuse_actors=False,
-                ),
-                run_config=RunConfig(
-                    name=sweep.name,
-                    storage_path=str(root / "tune"),
-                    failure_config=FailureConfig(max_failures=0),
-                    # keep every reported checkpoint: a PBT exploit may restore a donor's older
-                    # one while the donor goes on (num_to_keep would delete it under it)
-                    checkpoint_config=CheckpointConfig(num_to_keep=None),
-                    callbacks=[progress],
-                    verbose=0,
-                ),
-            )
+            tuner = _new_tuner(sweep, trainable, progress, log)
         grid = tuner.fit()
+    return _report(collect(grid, sweep), sweep, experiment, log)
 
-    rows = collect(grid, sweep)
+
+def _new_tuner(sweep: Sweep, trainable: Any, progress: ProgressTable, log) -> tune.Tuner:
+    n = concurrent_trials(sweep)
+    space = {k: d.to_tune() for k, d in sweep.spec.space.items()}
+    log(
+        f"tune: {sweep.name}: {sweep.num_samples} sample(s) of "
+        + ", ".join(f"{k} ~ {d}" for k, d in sweep.spec.space.items())
+        + f"; {sweep.spec.scheduler.kind} on {sweep.metric} ({sweep.mode}); {n} trial(s) at once"
+    )
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=TuneConfig(
+            metric=sweep.metric,
+            mode=sweep.mode,
+            num_samples=sweep.num_samples,
+            scheduler=build_scheduler(sweep),
+            # the generator itself must hold trials back: Tune does not limit a search_alg
+            # it is handed
+            search_alg=BasicVariantGenerator(random_state=sweep.spec.seed, max_concurrent=n),
+            max_concurrent_trials=n,
+            reuse_actors=False,
+        ),
+        run_config=RunConfig(
+            name=sweep.name,
+            storage_path=str(sweep.root / "tune"),
+            failure_config=FailureConfig(max_failures=0),
+            # keep every reported checkpoint: a PBT exploit may restore a donor's older one
+            # while the donor goes on (num_to_keep would delete it under it)
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
+            callbacks=[progress],
+            verbose=0,
+        ),
+    )
+
+
+def _report(rows: list[TrialRow], sweep: Sweep, experiment: Path, log) -> SweepResult:
+    """The trial table, files and curves; the best trial's checkpoint promoted."""
     log("\n" + format_table(rows, sweep))
-    csv_path, parquet_path = save_tables(rows, root)
-    png = plot_curves(rows, sweep, root / "curves.png")
+    csv_path, parquet_path = save_tables(rows, sweep.root)
+    png = plot_curves(rows, sweep, sweep.root / "curves.png")
     files = {"csv": csv_path, "parquet": parquet_path, "png": png, "tensorboard": experiment}
     log(
         f"trials: {csv_path} {parquet_path}\ncurves: {png}\ntensorboard: tensorboard --logdir {experiment}"

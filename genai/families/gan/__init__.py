@@ -11,24 +11,17 @@ from genai.families.images import (
     GENERATIONS,
     SERVE_SECTION,
     ImageDataSpec,
-    ImageSize,
     check_image_job,
 )
 from genai.families.images.schemas import ImageCard, ImageLog
+from genai.models.gan import GANConfig
 from genai.specbase import Section
 
 
-class GANModelSpec(Section):
-    """DCGAN-style generator + discriminator (genai/models/gan.py)."""
+class GANModelSpec(GANConfig):
+    """DCGAN-style generator + discriminator (genai/models/gan.py declares the fields)."""
 
     family: Literal["gan"]
-    image_size: ImageSize = 8
-    channels: Literal[1, 3] = 1
-    latent_dim: int = Field(64, ge=2, le=4096)
-    g_width: int = Field(64, ge=4, le=4096)
-    d_width: int = Field(64, ge=4, le=4096)
-    conditional: bool = Field(False, description="class-conditional (needs labelled data)")
-    num_classes: int = Field(10, ge=2, le=100_000)
 
 
 class GANSpec(Section):

@@ -123,15 +123,14 @@ class GANTask(ImageTask):
     def samples(self, n: int, seed: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """n images in [0, 1] from a fixed seed; every rank computes the same (collective under ZeRO-3)."""
         self.g.train(False)
-        gen = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.cfg.latent_dim, generator=gen).to(self.g.device, dtype=self.dtype)
-        if labels is None:
-            labels = self._labels(n, gen)
+        z, labels = self.g.module.latents(n, torch.Generator().manual_seed(seed), labels)
+        z = z.to(self.g.device, dtype=self.dtype)
+        labels = None if labels is None else labels.to(self.g.device)
         out = torch.cat(
             [self.g(zc, None if labels is None else lc) for zc, lc in _chunks(z, labels, 256)]
         )
         self.g.train(True)
-        return ((out.float().cpu() + 1) / 2).clamp(0, 1)
+        return Generator.to_unit(out.float().cpu()).clamp(0, 1)
 
     def evaluate(self) -> dict[str, float]:
         if self.classifier is None:

@@ -15,8 +15,6 @@ from genai.families.images.schemas import (
 from genai.serve.api import Route
 from genai.specbase import PathField, Section
 
-ImageSize = Literal[8, 16, 32, 64]
-
 
 class ImageDataSpec(Section):
     """Images. ``source: digits`` is scikit-learn's bundled 8x8 digits (offline, labelled)."""

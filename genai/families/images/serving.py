@@ -89,24 +89,19 @@ class ImageServer:
 
     def _generate_many(self, reqs: list[dict[str, Any]]) -> list[list[str]]:
         zs, labels = [], []
+        model = self.m.model
         for r in reqs:
             gen = torch.Generator().manual_seed(
                 r["seed"] if r.get("seed") is not None else random.getrandbits(62)
             )
-            zs.append(torch.randn(r["n"], self.cfg.latent_dim, generator=gen))
-            if getattr(self.cfg, "conditional", False):
-                lab = r.get("label")
-                labels.append(
-                    torch.full((r["n"],), lab)
-                    if lab is not None
-                    else torch.randint(0, self.cfg.num_classes, (r["n"],), generator=gen)
-                )
+            asked = None if r.get("label") is None else torch.full((r["n"],), r["label"])
+            z, lab = model.latents(r["n"], gen, asked)
+            zs.append(z)
+            if lab is not None:
+                labels.append(lab)
         z = torch.cat(zs)  # one forward for every request in the batch
         with self._lock, torch.inference_mode():
-            if self.m.family == "gan":
-                images = (self.m.model(z, torch.cat(labels) if labels else None) + 1) / 2
-            else:
-                images = self.m.model.mean_image(z)
+            images = model.images(z, torch.cat(labels) if labels else None)
         out, i = [], 0
         for r in reqs:
             out.append([_b64_png(img) for img in images[i : i + r["n"]]])

@@ -13,22 +13,17 @@ from genai.families.images import (
     RECONSTRUCT,
     SERVE_SECTION,
     ImageDataSpec,
-    ImageSize,
     check_image_job,
 )
 from genai.families.images.schemas import ImageCard, ImageLog
+from genai.models.vae import VAEConfig
 from genai.specbase import Section
 
 
-class VAEModelSpec(Section):
-    """Convolutional VAE (genai/models/vae.py)."""
+class VAEModelSpec(VAEConfig):
+    """Convolutional VAE (genai/models/vae.py declares the fields)."""
 
     family: Literal["vae"]
-    image_size: ImageSize = 8
-    channels: Literal[1, 3] = 1
-    latent_dim: int = Field(16, ge=1, le=4096)
-    width: int = Field(32, ge=4, le=4096)
-    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
 
 
 class VAESpec(Section):

@@ -81,10 +81,8 @@ class VAETask(ImageTask):
 
     def pictures(self, directory: Path, step: int) -> list[Path]:
         self.engine.train(False)
-        gen = torch.Generator().manual_seed(7)
-        z = torch.randn(64, self.cfg.latent_dim, generator=gen).to(
-            self.engine.device, dtype=self.dtype
-        )
+        z, _ = self.engine.module.latents(64, torch.Generator().manual_seed(7))
+        z = z.to(self.engine.device, dtype=self.dtype)
         inputs = to_model_range(self.val_q[:32], self.levels, "unit").to(
             self.engine.device, dtype=self.dtype
         )
