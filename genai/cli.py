@@ -191,6 +191,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command table (declarative: one block per subcommand, read top to bottom)."""
     p = argparse.ArgumentParser(
         prog="genai", description="Train and serve generative models on Ray."
     )

@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -334,17 +334,9 @@ def _read_tokens(path: Path) -> np.ndarray:
 
 
 def _token_data(out: Path) -> TokenData:
-    meta = CacheMeta.read(out)
-    return TokenData(
-        dir=out,
-        tokenizer_dir=out / "tokenizer",
-        train_tokens=meta.train_tokens,
-        val_tokens=meta.val_tokens,
-        vocab_size=meta.vocab_size,
-        eos_id=meta.eos_id,
-        val_bytes=meta.val_bytes,
-        xz_bpb=meta.xz_bpb,
-    )
+    counts = {f.name for f in fields(TokenData)} - {"dir", "tokenizer_dir"}
+    meta = CacheMeta.read(out).model_dump(include=counts)
+    return TokenData(dir=out, tokenizer_dir=out / "tokenizer", **meta)
 
 
 def token_byte_lengths(tokenizer: PreTrainedTokenizerFast) -> np.ndarray:

@@ -6,6 +6,8 @@ a checkpoint and decodes with :mod:`genai.decoding`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -14,7 +16,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from genai.families.lm import ModelSpec
+if TYPE_CHECKING:  # the model file reads the family's spec; it does not import the family
+    from genai.families.lm import ModelSpec
 
 
 def model_config(spec: ModelSpec, vocab_size: int, eos_id: int) -> PretrainedConfig:

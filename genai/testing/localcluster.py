@@ -148,28 +148,7 @@ class LocalCluster:
             name = f"node{int(name[4:]) + 1}"
         # socket paths live under the temp dir and must stay short (Unix sockets: 107 bytes)
         temp_dir = tempfile.mkdtemp(prefix=f"genai-{name}-", dir="/tmp")
-        cmd = [
-            str(Path(sys.executable).with_name("ray")),
-            "start",
-            "--block",
-            f"--num-cpus={self.cpus_per_node}",
-            f"--resources={json.dumps({name: 1, **(resources or {})})}",
-            f"--temp-dir={temp_dir}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            "--disable-usage-stats",
-        ]
-        if head:
-            cmd += [
-                "--head",
-                f"--port={self.port}",
-                "--dashboard-host=127.0.0.1",
-                f"--dashboard-port={self.dashboard_port}",
-                # Ray refuses a client server port inside its worker port range (10002-19999)
-                f"--ray-client-server-port={self._client_port()}",
-            ]
-        else:
-            cmd += [f"--address={self.address}"]
+        cmd = self._ray_start(name, head, resources, temp_dir)
         cgroup = ""
         if memory_mb:
             cgroup = memory_cgroup(f"genai-{name}-{os.getpid()}", memory_mb)
@@ -182,33 +161,16 @@ class LocalCluster:
         if private_dir:
             # `unshare` and `exec` keep the pid: it still leads the node's session
             mount = f"mkdir -p {private_dir} && mount -t tmpfs genai-private {private_dir}"
-            cmd = [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                f"{mount} && exec {' '.join(shlex.quote(c) for c in cmd)}",
-            ]
+            inner = f"{mount} && exec {' '.join(shlex.quote(c) for c in cmd)}"
+            cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", inner]
         log = self.workdir / f"{name}.log"
-        # the node's PATH is its jobs' PATH: this interpreter's bin dir first, as an image
-        # with genai installed would have it
-        path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
-        env = {
-            **os.environ,
-            **self.client_env(),
-            "PATH": path,
-            # several nodes starting on a loaded 2-core machine: Ray's 30 s for a raylet to
-            # register was seen to run out
-            "RAY_raylet_start_wait_time_s": os.environ.get(
-                "RAY_raylet_start_wait_time_s",  # noqa: SIM112 (Ray spells it so)
-                "120",
-            ),
-        }
         with open(log, "w") as out:
             proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=self._node_env(),
+                start_new_session=True,
             )
         node = Node(name=name, pid=proc.pid, temp_dir=temp_dir, log=str(log), cgroup=cgroup)
         self.nodes[name] = node
@@ -221,6 +183,46 @@ class LocalCluster:
             time.sleep(0.3)
         self._save()
         return node
+
+    def _ray_start(self, name: str, head: bool, resources: dict | None, temp_dir: str) -> list[str]:
+        cmd = [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--block",
+            f"--num-cpus={self.cpus_per_node}",
+            f"--resources={json.dumps({name: 1, **(resources or {})})}",
+            f"--temp-dir={temp_dir}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            "--disable-usage-stats",
+        ]
+        if not head:
+            return [*cmd, f"--address={self.address}"]
+        return [
+            *cmd,
+            "--head",
+            f"--port={self.port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={self.dashboard_port}",
+            # Ray refuses a client server port inside its worker port range (10002-19999)
+            f"--ray-client-server-port={self._client_port()}",
+        ]
+
+    def _node_env(self) -> dict[str, str]:
+        # the node's PATH is its jobs' PATH: this interpreter's bin dir first, as an image
+        # with genai installed would have it
+        path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+        return {
+            **os.environ,
+            **self.client_env(),
+            "PATH": path,
+            # several nodes starting on a loaded 2-core machine: Ray's 30 s for a raylet to
+            # register was seen to run out
+            "RAY_raylet_start_wait_time_s": os.environ.get(
+                "RAY_raylet_start_wait_time_s",  # noqa: SIM112 (Ray spells it so)
+                "120",
+            ),
+        }
 
     def _client_port(self) -> int:
         for port in range(23000, 24000):
