@@ -276,6 +276,21 @@ def test_serving_imports_no_training_code():
     assert out.stdout.strip() == "[]"
 
 
+def test_reading_a_spec_imports_no_torch():
+    """Every command reads a spec first (and the gateway its serve spec): the families'
+    sections, model configs included, stay torch-free, so that costs no torch import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, genai.config, genai.serve.spec, genai.tune.spec\n"
+        "from genai.families import FAMILIES\n"
+        "print(len(FAMILIES), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split()[1] == "False", out.stdout
+
+
 def test_api_keys_have_names_limits_and_clear_errors(tmp_path):
     from genai.serve.keys import KeyRing, digest, load_keys
 

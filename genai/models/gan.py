@@ -1,5 +1,5 @@
-"""DCGAN-style generator and discriminator, optionally class-conditional (torch; the config
-is a pydantic spec section).
+"""DCGAN-style generator and discriminator, optionally class-conditional. Torch; the config
+(:class:`~genai.models.image_configs.GANConfig`) is torch-free.
 
 Images are (N, C, S, S) in [-1, 1] with S in {8, 16, 32, 64}. Both nets work
 on a 4x4 base: the generator upsamples from it (transposed convs that double
@@ -11,38 +11,11 @@ discriminator is a projection discriminator (Miyato & Koyama, 2018).
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from genai.models import ImageSize
-from genai.specbase import Section
-
-
-class GANConfig(Section):
-    """The two nets' shape; with ``family: gan`` it is the job spec's ``model:`` section."""
-
-    image_size: ImageSize = 8
-    channels: Literal[1, 3] = 1
-    latent_dim: int = Field(64, ge=2, le=4096)
-    g_width: int = Field(
-        64, ge=4, le=4096, description="the generator's last hidden channels; doubled per stage"
-    )
-    d_width: int = Field(64, ge=4, le=4096)
-    conditional: bool = Field(False, description="class-conditional (needs labelled data)")
-    num_classes: int = Field(10, ge=2, le=100_000)
-
-    @property
-    def stages(self) -> int:
-        return int(math.log2(self.image_size // 4))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config alone (no family tag), as ``meta.json`` records it for serving."""
-        return self.model_dump(include=set(GANConfig.model_fields))
+from genai.models.image_configs import GANConfig
 
 
 class Generator(nn.Module):

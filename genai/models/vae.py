@@ -1,4 +1,5 @@
-"""Convolutional VAE with a Gaussian latent (torch; the config is a pydantic spec section).
+"""Convolutional VAE with a Gaussian latent. Torch; the config
+(:class:`~genai.models.image_configs.VAEConfig`) is torch-free.
 
 Images are (N, C, S, S) in [0, 1]. The decoder's likelihood is Bernoulli (for
 near-binary images) or Gaussian with a learned per-pixel scale (for
@@ -10,35 +11,14 @@ All bounds are per image, in nats.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
-from genai.models import ImageSize
-from genai.specbase import Section
+from genai.models.image_configs import VAEConfig
 
 _LOG_2PI = math.log(2 * math.pi)
-
-
-class VAEConfig(Section):
-    """The VAE's shape; with ``family: vae`` it is the job spec's ``model:`` section."""
-
-    image_size: ImageSize = 8
-    channels: Literal[1, 3] = 1
-    latent_dim: int = Field(16, ge=1, le=4096)
-    width: int = Field(32, ge=4, le=4096)
-    likelihood: Literal["gaussian", "bernoulli"] = "gaussian"
-
-    @property
-    def stages(self) -> int:
-        return int(math.log2(self.image_size // 4))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config alone (no family tag), as ``meta.json`` records it for serving."""
-        return self.model_dump(include=set(VAEConfig.model_fields))
 
 
 class VAE(nn.Module):

@@ -14,7 +14,7 @@ from genai.families.images import (
     check_image_job,
 )
 from genai.families.images.schemas import ImageCard, ImageLog
-from genai.models.gan import GANConfig
+from genai.models.image_configs import GANConfig
 from genai.specbase import Section
 
 

@@ -16,7 +16,7 @@ from genai.families.images import (
     check_image_job,
 )
 from genai.families.images.schemas import ImageCard, ImageLog
-from genai.models.vae import VAEConfig
+from genai.models.image_configs import VAEConfig
 from genai.specbase import Section
 
 
