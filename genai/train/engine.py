@@ -218,6 +218,6 @@ class Engine:
         """Consolidated weights on rank 0 (None elsewhere). A collective under ZeRO-3."""
         if self.zero_stage == 3:
             return self.ds_engine._zero3_consolidated_16bit_state_dict()
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        if dist_rank() != 0:
             return None
         return {k: v.detach().cpu() for k, v in self.ds_engine.module.state_dict().items()}

@@ -92,6 +92,11 @@ class RunState:
     def run_id(self) -> str:
         return self.config["run_id"]
 
+    @property
+    def started_marker(self) -> Path:
+        """Left by this run's first start and removed at its end: a Ray Train restart finds it."""
+        return self.root / f".started-{self.run_id}"
+
 
 def _train(config: dict[str, Any]) -> None:
     run = _context(config)  # 1
@@ -138,7 +143,7 @@ def _resume(run: RunState, src: Path | None, meta: ckpt.Meta | None) -> int:
     workers after a failure, from this run's own newest checkpoint (if newer). Debris of a
     checkpoint the failure interrupted is removed first."""
     # a restart of this run by Ray Train finds the marker its first start left
-    started = run.root / f".started-{run.run_id}"
+    started = run.started_marker
     restarted = started.exists()
     barrier()
     if run.rank == 0:
@@ -213,7 +218,7 @@ def _steps(run: RunState, start: int) -> None:
         if logged:
             window.t = time.perf_counter()  # do not count checkpoint time as training time
     if run.rank == 0:
-        (run.root / f".started-{run.run_id}").unlink(missing_ok=True)
+        run.started_marker.unlink(missing_ok=True)
 
 
 def _check_finite(out: dict[str, float], done: int, lr: float) -> None:

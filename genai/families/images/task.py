@@ -9,8 +9,8 @@ import torch
 
 from genai.config import JobSpec
 from genai.data.batches import StepSampler
-from genai.hardware import resolve_precision
 from genai.quality import Classifier, save_classifier
+from genai.train.engine import Engine
 from genai.train.worker import get_ref, readonly_tensor, tensor_or_none
 
 CLASSIFIER = "classifier.safetensors"
@@ -47,13 +47,13 @@ class ImageTask:
         return self.sampler.global_batch
 
     @property
+    def engines(self) -> dict[str, Engine]:
+        raise NotImplementedError  # each image task names its engines
+
+    @property
     def dtype(self) -> torch.dtype:
         """The engines' parameter dtype; DeepSpeed does not cast inputs for us."""
-        return (
-            torch.bfloat16
-            if resolve_precision(self.spec.deepspeed.precision) == "bf16"
-            else torch.float32
-        )
+        return next(iter(self.engines.values())).dtype
 
     def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = torch.from_numpy(self.sampler.indices(step))
