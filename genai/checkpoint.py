@@ -6,6 +6,9 @@
   LR schedule, step);
 - ``model.safetensors`` + ``config.json`` (+ ``generation_config.json``):
   consolidated weights that ``transformers.AutoModelForCausalLM.from_pretrained`` loads;
+  or, for a LoRA run, ``adapter_model.safetensors`` + ``adapter_config.json`` instead,
+  which ``peft.PeftModel.from_pretrained`` loads over the base that ``meta.json``'s
+  ``export.base`` names by path and sha256;
 - the tokenizer files (``tokenizer.json`` ...);
 - ``meta.json`` (:class:`Meta`): family, name, step, metrics, spec, spec hash,
   DeepSpeed config, library versions, the family's export record and, for a
@@ -22,6 +25,8 @@ safetensors, JSON and tokenizer files, never a pickle.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -34,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 META = "meta.json"
 WEIGHTS = "model.safetensors"
+ADAPTER = "adapter_model.safetensors"
 DS_DIR = "deepspeed"
 CONTRACT = "genai-checkpoint/2"
 _STEP_RE = re.compile(r"^step-(\d{6,})$")
@@ -58,6 +64,22 @@ class Lineage(BaseModel):
     base_spec_hash: str
     source: str = Field(description="the trial checkpoint this was copied from")
     promoted: str = Field(description="when (ISO 8601)")
+
+
+class ImportLineage(BaseModel):
+    """Where an imported checkpoint came from (``genai import``): the file, its hash and what
+    was done to it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["import"] = "import"
+    source: str = Field(description="the GGUF file or Hugging Face directory imported")
+    sha256: str = Field(description="of the GGUF file, or of the directory's weight files")
+    format: Literal["gguf", "hf"]
+    quantization: str | None = Field(None, description="the GGUF file type, e.g. Q4_1")
+    dtype: str = Field(description="what the weights were stored as here")
+    note: str = ""
+    imported: str = Field(description="when (ISO 8601)")
 
 
 class Meta(BaseModel):
@@ -89,7 +111,7 @@ class Meta(BaseModel):
         default_factory=dict,
         description="the family's own record: model_config, tensor counts, class names, files",
     )
-    lineage: Lineage | None = None
+    lineage: Lineage | ImportLineage | None = None
     run_id: str = Field(
         "", description="the training run that wrote it (one `genai train` and its `--resume`s)"
     )
@@ -115,7 +137,41 @@ def staging_dir(root: Path, step: int, run_id: str) -> Path:
 
 
 def is_complete(path: Path) -> bool:
-    return path.is_dir() and (path / META).is_file() and (path / WEIGHTS).is_file()
+    return (
+        path.is_dir()
+        and (path / META).is_file()
+        and ((path / WEIGHTS).is_file() or (path / ADAPTER).is_file())
+    )
+
+
+def is_adapter(path: Path) -> bool:
+    """A LoRA checkpoint: an adapter over a base named in ``meta.json`` (no full weights)."""
+    return (Path(path) / ADAPTER).is_file() and not (Path(path) / WEIGHTS).is_file()
+
+
+def weights_sha256(directory: Path) -> str:
+    """The identity of a model's weights: the sha256 that ``meta.json`` recorded at export,
+    else that of its ``*.safetensors`` files in name order (an adapter's file excluded).
+    An adapter names its base by this, and serving checks it."""
+    directory = Path(directory)
+    if (directory / META).is_file():
+        with contextlib.suppress(CheckpointError):
+            recorded = read_meta(directory).export.get("weights_sha256")
+            if recorded:
+                return str(recorded)
+    files = sorted(p for p in directory.glob("*.safetensors") if p.name != ADAPTER)
+    if not files:
+        raise CheckpointError(f"{directory}: no *.safetensors weights")
+    return file_sha256(*files)
+
+
+def file_sha256(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def list_checkpoints(root: Path) -> list[Path]:
@@ -137,7 +193,9 @@ def resolve(path: str | Path) -> Path:
     if p.is_dir() and not is_complete(p) and (latest := find_latest(p)) is not None:
         p = latest
     if not is_complete(p):
-        raise CheckpointError(f"{path} is not a complete genai checkpoint (no {META} + {WEIGHTS})")
+        raise CheckpointError(
+            f"{path} is not a complete genai checkpoint (no {META} + {WEIGHTS} or {ADAPTER})"
+        )
     return p.resolve()
 
 

@@ -3,6 +3,7 @@
     genai train jobs/lm-tiny.yaml --set train.max_steps=200      # embedded local Ray
     genai train jobs/lm-gpt2-small.yaml --address auto            # a node of a running cluster
     genai tune jobs/tune-lm-lr.yaml                               # Ray Tune sweep; best -> runs/<sweep>/best
+    genai import smollm2 --out models/smollm2                      # a pretrained LM, offline
     genai serve runs/lm-tiny/checkpoints/latest --port 8000       # foreground; Ctrl-C stops it
     genai query "def fibonacci(" --max-tokens 64
     genai submit jobs/lm-tiny.yaml --address http://HEAD:8265     # through the Ray Jobs API
@@ -67,7 +68,15 @@ def _serve(args: argparse.Namespace) -> int:
         overrides.append(f"port={args.port}")
     if args.watch:
         overrides.append("watch=true")
+    adapters = {}
+    for entry in args.adapter:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--adapter {entry!r}: expected NAME=DIR")
+        adapters[name] = path
     spec = load_serve(args.config, overrides)
+    if adapters:
+        spec = spec.model_copy(update={"adapters": {**spec.adapters, **adapters}})
     checkpoints = args.checkpoints or spec.checkpoints
     if not checkpoints:
         raise ValueError(
@@ -75,13 +84,21 @@ def _serve(args: argparse.Namespace) -> int:
         )
     from genai.checkpoint import resolve
 
-    for c in checkpoints:
+    for c in [*checkpoints, *spec.adapters.values()]:
         resolve(c)  # fail before Ray starts, with the path in the message
     from genai.serve.run import serve_forever
 
     # the config's list is watched only when the checkpoints came from it
     config_file = args.config if not args.checkpoints else None
     serve_forever(spec, checkpoints, address=args.address, config_file=config_file)
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from genai.families.lm.importer import import_model
+
+    path = import_model(args.source, args.out, name=args.name, dtype=args.dtype, force=args.force)
+    print(f"checkpoint: {path}")
     return 0
 
 
@@ -245,12 +262,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     s.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="serve a LoRA adapter checkpoint over its base (one of the checkpoints) as "
+        "model NAME; repeat for more",
+    )
+    s.add_argument(
         "--watch",
         action="store_true",
         help="swap in a new checkpoint (a moved `latest`, an edited --config list) without a restart",
     )
     s.add_argument("--address", help="Ray cluster address; default: embedded local Ray")
     s.set_defaults(func=_serve)
+
+    im = sub.add_parser(
+        "import", help="make a pretrained LM (a GGUF file, a local HF dir) a genai checkpoint"
+    )
+    im.add_argument(
+        "source", help="a .gguf file, a Hugging Face model dir, or 'smollm2' (make smollm2)"
+    )
+    im.add_argument("--out", required=True, help="the checkpoint directory to write")
+    im.add_argument("--name", default=None, help="the model's name (default: the out dir's)")
+    im.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="stored weight dtype (a GGUF is dequantized to it)",
+    )
+    im.add_argument("--force", action="store_true", help="replace an existing --out")
+    im.set_defaults(func=_import)
 
     g = sub.add_parser("generations", help="read the generation log (with feedback scores)")
     g.add_argument("--dir", default="runs/generations", help="the log (serve's generation_log.dir)")
@@ -314,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (SpecError, CheckpointError, ValueError, ConnectionError, FileNotFoundError) as exc:
+    except (SpecError, CheckpointError, ValueError, ConnectionError, OSError) as exc:
         print(f"genai: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:

@@ -107,3 +107,105 @@ def token_corpus(
             table, files / f"part-{i:05d}.parquet", use_dictionary=False, compression="none"
         )
     return files, tok_dir
+
+
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
+    "'<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def tiny_llama_dir(directory: Path, vocab_size: int = 384, seed: int = 0) -> Path:
+    """A tiny random Llama as Hugging Face saves one (safetensors, config, a byte-level BPE
+    tokenizer with a ChatML chat template): what `genai import` takes besides GGUF."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from genai.data.tokens import train_tokenizer
+
+    tokenizer = train_tokenizer([Path(__file__).read_text()] * 2, vocab_size)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.eos_token = "<|im_end|>"
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def chat_jsonl(path: Path, n: int = 40) -> Path:
+    """Conversations with a learnable answer: the sum of two small numbers, in words."""
+    import json
+
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = i % 5, (i // 5) % 5
+            messages = [
+                {"role": "system", "content": "Answer in one word."},
+                {"role": "user", "content": f"What is {a} plus {b}?"},
+                {"role": "assistant", "content": words[a + b]},
+            ]
+            f.write(json.dumps({"messages": messages}) + "\n")
+    return path
+
+
+def random_adapter(base: Path, out: Path, name: str, seed: int, r: int = 4) -> Path:
+    """A LoRA adapter checkpoint over the genai checkpoint ``base`` with random (non-zero)
+    weights, as a `model.lora` run exports one: what adapter serving needs, without a
+    training run."""
+    import time
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=2 * r,
+        target_modules="all-linear",
+        init_lora_weights=False,  # random B too: the adapter changes the outputs
+        base_model_name_or_path=str(base),
+        task_type="CAUSAL_LM",
+    )
+    peft = get_peft_model(model, config)
+    out.mkdir(parents=True)
+    peft.save_pretrained(out)
+    for f in base.iterdir():
+        if f.name.startswith("tokenizer") or f.name == "chat_template.jinja":
+            (out / f.name).write_bytes(f.read_bytes())
+    base_meta = ckpt.read_meta(base)
+    meta = base_meta.model_copy(
+        update={
+            "name": name,
+            "step": 1,
+            "lineage": None,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "export": {
+                "base": {
+                    "path": str(base),
+                    "name": base_meta.name,
+                    "sha256": ckpt.weights_sha256(base),
+                },
+                "adapter": {"r": r, "alpha": 2 * r},
+            },
+        }
+    )
+    ckpt.write_meta(out, meta)
+    return out

@@ -409,7 +409,7 @@ def test_a_source_renamed_to_the_same_checkpoint_is_kept_with_its_new_source(tmp
     reg = Registry(spec=None)
     reg._put(Served(str(step), step.resolve(), "lm", "h", server, {"id": "m", "step": 1}))
 
-    reg.apply([str(tmp_path / "checkpoints" / "latest")])
+    reg.apply([(None, str(tmp_path / "checkpoints" / "latest"))])
 
     kept = reg.served["m"]
     assert kept.source == str(tmp_path / "checkpoints" / "latest")

@@ -42,8 +42,9 @@ def resolve_files(spec: DataSpec) -> list[Path]:
             files = [src]
         elif src.is_dir():
             include = spec.include
-            if spec.format == "tokens" and "include" not in spec.model_fields_set:
-                include = ["*.parquet"]  # the default include is for source code
+            if spec.format in ("tokens", "chat") and "include" not in spec.model_fields_set:
+                # the default include is for source code
+                include = ["*.parquet"] if spec.format == "tokens" else ["*.jsonl"]
             files = [p for pattern in include for p in src.rglob(pattern) if p.is_file()]
         else:
             files = [Path(p) for p in glob.glob(os.path.expanduser(spec.source), recursive=True)]

@@ -157,7 +157,7 @@ def _tokenize_text(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
         )
     # Whole documents, in a seeded order, until val_fraction of the text; a document that
     # would overshoot the rest of the budget is passed over (one big file cannot swallow it)
-    order, val_idx = _hold_out([len(d) for d in docs], spec.val_fraction, spec.seed)
+    order, val_idx = hold_out([len(d) for d in docs], spec.val_fraction, spec.seed)
     val_docs = [docs[i] for i in sorted(val_idx)]
     train_docs = [docs[i] for i in order if int(i) not in val_idx]
     log(f"data: {len(files)} files, {len(docs)} documents, {sum(map(len, docs)) / 1e6:.1f}M chars")
@@ -207,7 +207,7 @@ def _tokenize_text(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
     return _token_data(out)
 
 
-def _hold_out(sizes: list[int], fraction: float, seed: int) -> tuple[np.ndarray, set[int]]:
+def hold_out(sizes: list[int], fraction: float, seed: int) -> tuple[np.ndarray, set[int]]:
     """A seeded order of the items, and the whole items held out from it: taken in that
     order until ``fraction`` of the total size, an item that would overshoot the rest of
     the budget passed over (one big item cannot swallow it); if none fits, the smallest."""
@@ -262,7 +262,7 @@ def _import_tokens(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
             f"data.source {spec.source!r} holds {len(files)} token file(s); the held-out split "
             "is made of whole files, so it needs at least two"
         )
-    _, val_idx = _hold_out(counts, spec.val_fraction, spec.seed)
+    _, val_idx = hold_out(counts, spec.val_fraction, spec.seed)
     val = np.concatenate([_read_tokens(files[i]) for i in sorted(val_idx)])
     shards = [[str(files[i].absolute()), counts[i]] for i in range(len(files)) if i not in val_idx]
     token_bytes = token_byte_lengths(tokenizer)

@@ -7,13 +7,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from genai.decoding.fastpath import KVCache, lean_forward
-from genai.decoding.generation import Generation, Sampling, sample_rows
+from genai.decoding.generation import Generation, Sampling, sample_rows, token_logprobs
 from genai.models.transformer import context_length
+
+BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
 class BatchDecoder:
@@ -34,7 +37,7 @@ class BatchDecoder:
         self.model = model
         self.max_position = context_length(model.config)
         # the forward each step calls: genai's lean GPT-2 pass where it applies (fastpath.py)
-        self.forward = (lean_forward(model) if lean else None) or model
+        self.forward: Any = (lean_forward(model) if lean else None) or model
         self.device = next(model.parameters()).device
         self.eos_id = eos_id
         self.max_batch_size, self.max_batch_tokens = max_batch_size, max_batch_tokens
@@ -48,6 +51,11 @@ class BatchDecoder:
         self._cache: DynamicCache | KVCache | None = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # (B, L): 1 where the cache holds a token
         self._waiting: deque[Generation] = deque()
+        # work for the decoder's thread between two steps (adding or removing an adapter):
+        # (function returning True when done, or False to be tried again after a step, event)
+        self._ops: deque[tuple[Callable[[], bool], threading.Event, list]] = deque()
+        # a peft model when LoRA adapters are loaded: every forward names each row's adapter
+        self.peft: Any = None
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -85,6 +93,52 @@ class BatchDecoder:
     def busy(self) -> bool:
         return bool(self.active or self._waiting)
 
+    def between_steps(self, op: Callable[[], bool], timeout: float = 600.0) -> None:
+        """Run ``op`` in the decoder's thread between two steps (where it may change the
+        model), and wait for it; ``op`` returns False to be run again after the next step
+        (e.g. until no sequence uses what it removes). Raises what ``op`` raised."""
+        if self._thread is None or not self._thread.is_alive():
+            # driven by hand (tests), or closed: this thread is the decoder's now
+            while not op():
+                self.step()
+            return
+        done, error = threading.Event(), []
+        with self._lock:
+            self._ops.append((op, done, error))
+        self._wake.set()
+        if not done.wait(timeout):
+            raise TimeoutError("the decoder did not run the operation in time")
+        if error:
+            raise error[0]
+
+    def uses(self, adapter: str) -> bool:
+        """Whether a sequence decoding or waiting uses ``adapter``."""
+        with self._lock:
+            waiting = list(self._waiting)
+        return any(g is not None and g.adapter == adapter for g in [*self.rows, *waiting])
+
+    def _run_ops(self) -> None:
+        with self._lock:
+            ops = list(self._ops)
+            self._ops.clear()
+        for op, done, error in ops:
+            try:
+                finished = op()
+            except Exception as exc:
+                error.append(exc)
+                finished = True
+            if finished:
+                done.set()
+            else:
+                with self._lock:
+                    self._ops.append((op, done, error))
+
+    def _adapters(self, rows: Sequence[Generation | None]) -> dict[str, list[str]]:
+        """The forward's per-row adapter names, when adapters are loaded."""
+        if self.peft is None:
+            return {}
+        return {"adapter_names": [(g.adapter if g else None) or BASE for g in rows]}
+
     def start(self, name: str = "batch-decoder") -> None:
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -119,6 +173,7 @@ class BatchDecoder:
             .to(self.device),
             cache=self._cache,
             use_cache=True,
+            **self._adapters(self.rows),
         )
         self._cache, self._mask = out.cache, mask
         self._last = self._sample(self.rows, out.logits[:, -1])
@@ -126,14 +181,17 @@ class BatchDecoder:
         self.counts["tokens"] += self.active
         if self.on_step is not None:
             self.on_step(self.active, time.perf_counter() - t0)
-        for gen, token in zip(self.rows, self._last.tolist(), strict=True):
+        logprobs = self._logprobs(self.rows, out.logits[:, -1], self._last)
+        for gen, token, lp in zip(self.rows, self._last.tolist(), logprobs, strict=True):
             if gen is not None:
-                gen._push(token, self.eos_id)
+                gen._push(token, self.eos_id, lp)
 
     # ------------------------------------------------------------------ internals
 
     def _loop(self) -> None:
         while not self._closed:
+            if self._ops:
+                self._run_ops()
             if not self.busy:
                 if self.on_idle is not None:
                     self.on_idle()
@@ -234,11 +292,48 @@ class BatchDecoder:
             position_ids=positions.to(self.device),
             use_cache=True,
             logits_to_keep=1,
+            **self._adapters(new),
         )
         first = self._sample(new, out.logits[:, -1])
         self._join(new, out.cache, mask, first)
-        for gen, token in zip(new, first.tolist(), strict=True):
-            gen._push(token, self.eos_id)
+        logprobs = self._logprobs(new, out.logits[:, -1], first)
+        for gen, token, lp in zip(new, first.tolist(), logprobs, strict=True):
+            if gen.sampling.echo:
+                self._score_prompt(gen)
+            if gen.sampling.max_tokens == 0:  # scoring only (echo): nothing is generated
+                gen._finish("length")
+            else:
+                gen._push(token, self.eos_id, lp)
+
+    def _logprobs(
+        self, rows: Sequence[Generation | None], logits: torch.Tensor, chosen: torch.Tensor
+    ) -> list[tuple[float, dict[int, float]] | None]:
+        """Each row's chosen token's log-probability (and likeliest alternatives), for the
+        rows that asked for them."""
+        want = [i for i, g in enumerate(rows) if g is not None and g.sampling.logprobs is not None]
+        out: list[tuple[float, dict[int, float]] | None] = [None] * len(rows)
+        if want:
+            top = max(rows[i].sampling.logprobs or 0 for i in want)  # type: ignore[union-attr]
+            index = torch.tensor(want)
+            found = token_logprobs(logits.cpu()[index], chosen[index], top)
+            for i, lp in zip(want, found, strict=True):
+                k = rows[i].sampling.logprobs or 0  # type: ignore[union-attr]
+                out[i] = (lp[0], dict(list(lp[1].items())[:k]))
+        return out
+
+    def _score_prompt(self, gen: Generation) -> None:
+        """``echo``: the prompt's tokens' log-probabilities, from one forward over it (the
+        batch's prefill keeps only the last position's logits)."""
+        ids = torch.tensor([gen.prompt_ids], device=self.device)
+        logits = self.forward(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            position_ids=torch.arange(ids.shape[1], device=self.device)[None],
+            use_cache=False,
+            **self._adapters([gen]),
+        ).logits[0]
+        found = token_logprobs(logits[:-1].cpu(), ids[0, 1:].cpu(), gen.sampling.logprobs or 0)
+        gen.prompt_logprobs = [(None, {}), *found]
 
     def _join(
         self,

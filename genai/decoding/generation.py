@@ -19,6 +19,10 @@ class Sampling:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    """log-probabilities of the chosen tokens and of this many likeliest ones (0: chosen only)"""
+    echo: bool = False
+    """also the prompt's tokens' log-probabilities (each given the tokens before it)"""
 
 
 class StopText:
@@ -63,11 +67,17 @@ class Generation:
         listener: Listener | None = None,
         decode: Callable[[list[int]], str] | None = None,
         stream: bool = False,
+        adapter: str | None = None,
     ) -> None:
         if not prompt_ids:
             raise ValueError("prompt_ids is empty")
         self.prompt_ids = list(prompt_ids)
         self.sampling = sampling
+        self.adapter = adapter  # the LoRA adapter its forward passes use; None: the base
+        # with sampling.logprobs: per token (prompt tokens with echo, then generated ones),
+        # its log-probability and the likeliest alternatives {token id: log-probability}
+        self.prompt_logprobs: list[tuple[float | None, dict[int, float]]] = []
+        self.logprobs: list[tuple[float, dict[int, float]]] = []
         self.listener = listener
         self.generator = torch.Generator()
         self.generator.manual_seed(
@@ -100,11 +110,18 @@ class Generation:
         """Thread-safe: the decoder drops the sequence at its next step."""
         self.cancelled = True
 
-    def _push(self, token: int, eos_id: int | None) -> None:
+    def _push(
+        self,
+        token: int,
+        eos_id: int | None,
+        logprob: tuple[float, dict[int, float]] | None = None,
+    ) -> None:
         if eos_id is not None and token == eos_id:
             self._finish("stop")
             return
         self.tokens.append(token)
+        if logprob is not None:
+            self.logprobs.append(logprob)
         if self._track:
             self.delta = self._text.update(self.tokens)
             if self._text.stopped:
@@ -151,6 +168,22 @@ def sample_rows(
         sorted_p = sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < top_p[nucleus, None])
         sampled[nucleus] = order.gather(1, _inverse_cdf(sorted_p, u[nucleus])[:, None])[:, 0]
     return torch.where(temperature <= 0, greedy, sampled)
+
+
+def token_logprobs(
+    logits: torch.Tensor, chosen: torch.Tensor, top: int
+) -> list[tuple[float, dict[int, float]]]:
+    """Per row of ``logits`` (N, V): the log-probability of ``chosen`` (N,) and the ``top``
+    likeliest tokens' (the model's distribution, before temperature and top_p)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    picked = logp.gather(1, chosen[:, None])[:, 0].tolist()
+    if top <= 0:
+        return [(lp, {}) for lp in picked]
+    values, ids = logp.topk(min(top, logp.shape[-1]), dim=-1)
+    return [
+        (lp, dict(zip(i, v, strict=True)))
+        for lp, i, v in zip(picked, ids.tolist(), values.tolist(), strict=True)
+    ]
 
 
 def _inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

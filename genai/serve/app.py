@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -28,19 +29,25 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from genai.checkpoint import read_meta, resolve
+from genai.checkpoint import is_adapter, read_meta, resolve
 from genai.families import get_family
 from genai.families.base import load_attr
 
 # modules, not their names: this file's classes are pickled by value (a ContextVar cannot be)
-from genai.serve import genlog, keys, metrics
+from genai.serve import book, genlog, keys, metrics
 from genai.serve import routes as surface
 from genai.serve.api import Route, count
 from genai.serve.errors import APIError
 from genai.serve.middleware import LimitsAndAuth
 from genai.serve.models import Models
 from genai.serve.openai import install_error_handlers
-from genai.serve.schemas import FeedbackResponse, feedback_request, model_card, model_list
+from genai.serve.schemas import (
+    AdapterRequest,
+    FeedbackResponse,
+    feedback_request,
+    model_card,
+    model_list,
+)
 from genai.serve.spec import ServeSpec
 from genai.specio import deep_merge
 
@@ -106,6 +113,7 @@ class Gateway:
     def __init__(self, models: DeploymentHandle, settings: dict[str, Any]) -> None:
         spec = ServeSpec.model_validate(settings["spec"])
         self.models = models
+        self.book = book.book(settings["app_id"])
         self.retries = spec.gateway.retries
         app.state.max_body_bytes = spec.max_body_bytes
         app.state.keys = keys.KeyRing(settings["keys"])
@@ -204,6 +212,38 @@ class Gateway:
     async def list_models(self) -> ModelList:
         return ModelList(data=[ModelCard(**c) for c in await self._call("cards")])
 
+    @app.post("/v1/adapters", response_model=ModelCard, status_code=201)
+    async def add_adapter(self, body: AdapterRequest) -> ModelCard:
+        """Serve a LoRA adapter checkpoint over its base (which must be served: checked by
+        the sha256 of its weights), as model ``name``, on every model replica: this one
+        at once, the others within a second."""
+        checked = await self._call("check_adapter", body.name, body.path)
+        await self.book.put.remote(body.name, checked["directory"])
+        await self._call("sync_adapters")
+        cards = {c["id"]: c for c in await self._call("cards")}
+        if body.name not in cards:
+            health = await self._call("health")
+            why = health["refused"].get(checked["directory"], "see /healthz")
+            await self.book.remove.remote(body.name)
+            await self._call("sync_adapters")
+            raise APIError(422, f"adapter {body.name!r} failed to load: {why}", "path")
+        return ModelCard(**cards[body.name])
+
+    @app.delete("/v1/adapters/{name}")
+    async def remove_adapter(self, name: str) -> dict[str, Any]:
+        """Stop serving an adapter added with ``POST /v1/adapters`` (requests using it
+        finish first)."""
+        if not await self.book.remove.remote(name):
+            raise APIError(
+                404,
+                f"adapter {name!r} was not added with POST /v1/adapters (adapters listed in "
+                "the serve config are removed from it)",
+                "name",
+                "not_found",
+            )
+        await self._call("sync_adapters")
+        return {"id": name, "object": "model", "deleted": True}
+
     @app.post("/v1/feedback", response_model=FeedbackResponse)
     async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:
         """A score for a logged request (joined to it by ``genai generations``)."""
@@ -233,9 +273,11 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str |
     in-place update. With ``spec.watch``, model replicas poll them, and ``config_file``
     (the serve config they came from) for an edited list (:mod:`genai.serve.registry`)."""
     names = _named_checkpoints(checkpoints)
+    adapters = _named_adapters(spec.adapters, names)
+    app_id = uuid.uuid4().hex[:12]  # names this deployment's adapter book
     autoscaling = _autoscaling(spec)
     configured = keys.load_keys(spec.api_keys_env, spec.api_keys_file, spec.requests_per_minute)
-    dumped = spec.model_dump(mode="json", exclude={"checkpoints"})
+    dumped = spec.model_dump(mode="json", exclude={"checkpoints", "adapters"})
     # relative to where the application is built, like the checkpoints
     dumped["generation_log"]["dir"] = str(Path(spec.generation_log.dir).expanduser().absolute())
     models = Models.options(
@@ -246,7 +288,7 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str |
             "runtime_env": {"env_vars": REPLICA_ENV},
         },
         max_ongoing_requests=spec.max_ongoing_requests,
-        user_config={"checkpoints": list(names.values())},
+        user_config={"checkpoints": list(names.values()), "adapters": adapters},
         # each request is already in the gateway's access log; one line per call here too
         # costs CPU on a busy replica
         logging_config={"enable_access_log": False},
@@ -256,6 +298,7 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str |
             "spec": dumped,
             "config_file": str(Path(config_file).absolute()) if config_file else None,
             "base": os.getcwd(),  # relative paths in config_file are relative to here
+            "app_id": app_id,
         }
     )
     g = spec.gateway
@@ -264,7 +307,7 @@ def build_app(spec: ServeSpec, checkpoints: list[str | Path], config_file: str |
         ray_actor_options={"num_cpus": g.num_cpus, "runtime_env": {"env_vars": REPLICA_ENV}},
         max_ongoing_requests=g.max_ongoing_requests,
         autoscaling_config={**autoscaling, "target_ongoing_requests": g.target_ongoing_requests},
-    ).bind(models, {"spec": dumped, "keys": keys.to_settings(configured)})
+    ).bind(models, {"spec": dumped, "keys": keys.to_settings(configured), "app_id": app_id})
 
 
 def _named_checkpoints(checkpoints: list[str | Path]) -> dict[str, str]:
@@ -279,6 +322,22 @@ def _named_checkpoints(checkpoints: list[str | Path]) -> dict[str, str]:
             raise ValueError(f"two checkpoints are named {meta.name!r}; model ids must be unique")
         names[meta.name] = str(Path(path).expanduser().absolute())
     return names
+
+
+def _named_adapters(adapters: dict[str, str], names: dict[str, str]) -> dict[str, str]:
+    """Adapter model id -> its checkpoint path (absolute); each checked to be a LoRA
+    adapter, named apart from the checkpoints. (Whether its base is served is checked where
+    it loads, against the base's weights.)"""
+    out: dict[str, str] = {}
+    for name, path in adapters.items():
+        if name in names:
+            raise ValueError(f"adapters.{name}: a checkpoint is already served as {name!r}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise ValueError(f"adapters.{name}: not a model id (letters, digits, . _ -)")
+        if not is_adapter(resolve(path)):
+            raise ValueError(f"adapters.{name}: {path} is not a LoRA adapter checkpoint")
+        out[name] = str(Path(path).expanduser().absolute())
+    return out
 
 
 def _autoscaling(spec: ServeSpec) -> dict[str, Any]:

@@ -12,13 +12,15 @@ its JSON error naming the field.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 
+from genai.checkpoint import CheckpointError, is_adapter, read_meta, resolve
 from genai.families.base import load_attr
-from genai.serve import keys, registry
+from genai.serve import book, keys, registry
 from genai.serve.api import Route
 from genai.serve.errors import APIError
 from genai.serve.routes import families_of, route_at
@@ -39,15 +41,75 @@ class Models:
         self.registry = registry.Registry(spec)
         self.watching = spec.watch
         self.watch = (spec.watch_interval_s, settings.get("config_file"), settings.get("base"))
+        self.book = book.book(settings["app_id"])
+        self.book_version = 0
 
     async def reconfigure(self, config: dict[str, Any]) -> None:
-        sources = [str(s) for s in config["checkpoints"]]
+        sources = registry.entries(config["checkpoints"], config.get("adapters"))
         if not self.registry.served:
             await asyncio.to_thread(self.registry.load_all, sources)
             if self.watching:
                 self.registry.watch(*self.watch)
+            threading.Thread(target=self._follow_book, name="adapter-book", daemon=True).start()
         else:
             await asyncio.to_thread(self.registry.apply, sources)
+        await asyncio.to_thread(self.sync_adapters)
+
+    # ------------------------------------------------------------------ adapters over HTTP
+
+    def sync_adapters(self) -> int:
+        """Apply the adapter book (genai/serve/book.py) if it changed; its version."""
+        import ray
+
+        version, added = ray.get(self.book.read.remote())
+        if version != self.book_version:
+            self.registry.apply_added(added)
+            self.book_version = version
+        return version
+
+    def _follow_book(self) -> None:
+        while not self.registry.closed:
+            try:
+                self.sync_adapters()
+            except Exception:  # the book's node may be gone for a moment
+                registry.log.exception("genai: reading the adapter book failed")
+            self.registry.wait(1.0)
+
+    def check_adapter(self, name: str, path: str) -> dict[str, Any]:
+        """What ``POST /v1/adapters`` checks before the book takes an adapter: a LoRA
+        checkpoint, a free model id, and its base served (by its weights' sha256)."""
+        try:
+            directory = resolve(path)
+            meta = read_meta(directory)
+        except CheckpointError as exc:
+            return _refusal(APIError(404, str(exc), "path", "not_found"))
+        if not is_adapter(directory):
+            return _refusal(APIError(400, f"{path} is not a LoRA adapter checkpoint", "path"))
+        current = self.registry.served.get(name)
+        if current is not None and not current.named:
+            return _refusal(APIError(409, f"model {name!r} is served, not an adapter", "name"))
+        if name in {n for n, _ in self.registry.configured if n}:
+            return _refusal(
+                APIError(409, f"adapter {name!r} is in the serve config: change it there", "name")
+            )
+        base = meta.export.get("base") or {}
+        bases: dict[str, str] = {
+            str(c["weights_sha256"]): n
+            for n, c in self.registry.cards.items()
+            if c.get("weights_sha256")
+        }
+        if base.get("sha256") not in bases:
+            served = ", ".join(f"{n} ({sha[:12]})" for sha, n in bases.items()) or "none"
+            return _refusal(
+                APIError(
+                    409,
+                    f"adapter {path} was trained over {base.get('name')!r} (weights sha256 "
+                    f"{str(base.get('sha256'))[:12]}); no served model has those weights "
+                    f"(served bases: {served})",
+                    "path",
+                )
+            )
+        return {"base": bases[base["sha256"]], "directory": str(directory)}
 
     def __del__(self) -> None:
         if hasattr(self, "registry"):

@@ -29,7 +29,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from genai.checkpoint import read_meta, resolve
+from genai.checkpoint import is_adapter, read_meta, resolve
 from genai.families import get_family
 from genai.serve import metrics
 from genai.serve.api import count
@@ -49,6 +49,26 @@ class Served:
     spec_hash: str
     server: Any
     card: dict[str, Any]
+    named: bool = False
+    """served under a name of its own (``adapters: {name: path}``), not its meta.json name"""
+
+
+def entries(
+    checkpoints: list[str], adapters: dict[str, str] | None = None
+) -> list[tuple[str | None, str]]:
+    """(name or None for meta.json's, source) of everything to serve: base models before
+    the LoRA adapters that attach to them."""
+    listed = [(None, str(c)) for c in checkpoints] + [
+        (n, str(p)) for n, p in (adapters or {}).items()
+    ]
+
+    def adapter_last(entry: tuple[str | None, str]) -> bool:
+        try:
+            return is_adapter(resolve(entry[1]))
+        except Exception:
+            return False
+
+    return sorted(listed, key=adapter_last)  # stable: the listed order otherwise
 
 
 class Registry:
@@ -66,24 +86,40 @@ class Registry:
         self._stop = threading.Event()
         self._config_file: Path | None = None
         self._config_mtime = 0.0
+        self.configured: list[tuple[str | None, str]] = []  # from the config / user_config
+        self.added: dict[str, str] = {}  # adapters added over HTTP (genai/serve/book.py)
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def wait(self, seconds: float) -> None:
+        self._stop.wait(seconds)
 
     # ------------------------------------------------------------------ loading
 
-    def load_all(self, sources: list[str]) -> None:
-        """The first load: every source must load, or the replica fails to start."""
+    def load_all(self, sources: list[tuple[str | None, str]]) -> None:
+        """The first load (``sources`` from :func:`entries`): every one must load, or the
+        replica fails to start."""
         with self._lock:
-            for source in sources:
+            self.configured = list(sources)
+            for given, source in sources:
                 directory = resolve(source)
-                meta = read_meta(directory)
-                if meta.name in self.served:
-                    raise ValueError(f"two checkpoints are named {meta.name!r}")
-                self._put(self._load(source, directory))
+                name = given or read_meta(directory).name
+                if name in self.served:
+                    raise ValueError(f"two checkpoints are named {name!r}")
+                self._put(self._load(source, directory, given))
 
-    def _load(self, source: str, directory: Path) -> Served:
+    def _load(self, source: str, directory: Path, name: str | None = None) -> Served:
         meta = read_meta(directory)
+        if name is not None and name != meta.name:
+            meta = meta.model_copy(update={"name": name})
         server = get_family(meta.family).load_server()(directory, meta, self.spec)
         metrics.model_step().set(meta.step, tags={"model": meta.name})
-        return Served(source, directory, meta.family, meta.spec_hash, server, server.info())
+        card = server.info()
+        return Served(
+            source, directory, meta.family, meta.spec_hash, server, card, named=name is not None
+        )
 
     def _put(self, served: Served) -> None:
         name = served.card["id"]
@@ -96,26 +132,30 @@ class Registry:
 
     # ------------------------------------------------------------------ changes
 
-    def apply(self, sources: list[str]) -> None:
-        """A new list of sources (Serve's reconfigure, or an edited serve config): swap
-        changed models, add new ones, drop those no longer listed. When any source cannot
-        be read, nothing is dropped: it may have been the new home of a served model."""
+    def apply(self, sources: list[tuple[str | None, str]]) -> None:
+        """A new list of sources (:func:`entries`; from Serve's reconfigure, or an edited
+        serve config): swap changed models, add new ones, drop those no longer listed.
+        When any source cannot be read, nothing is dropped: it may have been the new home
+        of a served model."""
         with self._lock:
+            self.configured = list(sources)
             listed: set[str] = set()
             complete = True
-            for source in sources:
+            named = {n for n, _ in sources if n}
+            sources = [*sources, *((n, p) for n, p in self.added.items() if n not in named)]
+            for given, source in sources:
                 try:
                     directory = resolve(source)
-                    name = read_meta(directory).name
+                    name = given or read_meta(directory).name
                 except Exception as exc:
                     complete = False
-                    self._refuse(source, "?", exc)
+                    self._refuse(source, given or "?", exc)
                     continue
                 listed.add(name)
                 current = self.served.get(name)
                 if current is None:
                     try:
-                        self._put(self._load(source, directory))
+                        self._put(self._load(source, directory, given))
                         self._event("added", name, directory)
                     except Exception as exc:
                         complete = False
@@ -134,6 +174,11 @@ class Registry:
                     self._event("removed", name, old.directory)
                     self._retire(old)
 
+    def apply_added(self, added: dict[str, str]) -> None:
+        """The adapters added over HTTP changed: serve the configured models and these."""
+        self.added = dict(added)
+        self.apply(self.configured)
+
     def poll(self) -> None:
         """One watch pass: a source that now resolves elsewhere is swapped in; an edited
         serve config file is re-applied."""
@@ -147,9 +192,18 @@ class Registry:
                 try:
                     from genai.serve.spec import load_serve
 
-                    listed = load_serve(self._config_file).checkpoints
+                    spec = load_serve(self._config_file)
                     base = self._config_base
-                    self.apply([str(base / p) if not os.path.isabs(p) else p for p in listed])
+
+                    def here(p: str) -> str:
+                        return p if os.path.isabs(p) else str(base / p)
+
+                    self.apply(
+                        entries(
+                            [here(p) for p in spec.checkpoints],
+                            {n: here(p) for n, p in spec.adapters.items()},
+                        )
+                    )
                 except Exception as exc:
                     self._refuse(str(self._config_file), "?", exc)
         with self._lock:
@@ -166,11 +220,11 @@ class Registry:
         t0 = time.perf_counter()
         try:
             meta = read_meta(directory)
-            if meta.name != name:
+            if meta.name != name and not current.named:
                 raise ValueError(f"it holds model {meta.name!r}, not {name!r}")
             if meta.family != current.family:
                 raise ValueError(f"it holds a {meta.family} model; {name!r} is {current.family}")
-            new = self._load(source, directory)
+            new = self._load(source, directory, name if current.named else None)
         except Exception as exc:
             self._refuse(str(directory), name, exc)
             return False

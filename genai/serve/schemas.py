@@ -21,7 +21,9 @@ class ModelCard(BaseModel):
     family: str
     step: int
     lineage: dict[str, Any] | None = Field(
-        None, description="for a checkpoint promoted from a sweep: sweep, trial, config, metric"
+        None,
+        description="a checkpoint promoted from a sweep: sweep, trial, config, metric; an "
+        "imported one (kind: import): source file, its sha256, quantization",
     )
 
 
@@ -39,6 +41,17 @@ def model_card(card_fields: Iterable[type[BaseModel]]) -> type[ModelCard]:
 
 def model_list(card: type[ModelCard]) -> type[BaseModel]:
     return create_model("ModelList", object=(Literal["list"], "list"), data=(list[card], ...))  # type: ignore[valid-type]
+
+
+class AdapterRequest(BaseModel):
+    """``POST /v1/adapters``: a LoRA adapter checkpoint to serve as model ``name``."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    path: str = Field(
+        min_length=1, max_length=4096, description="the checkpoint, as the model replicas see it"
+    )
 
 
 class ErrorBody(BaseModel):

@@ -78,6 +78,11 @@ class _ServeSpecBase(Section):
     host: str = Field("127.0.0.1", description="bind address of the HTTP proxy")
     port: int = Field(8000, ge=1, le=65535)
     checkpoints: list[str] = Field(default_factory=list, description="checkpoint dirs to serve")
+    adapters: dict[str, str] = Field(
+        default_factory=dict,
+        description="LoRA adapter checkpoints to serve over their base (one of checkpoints), "
+        "by model id: {name: dir}",
+    )
     num_cpus: float = Field(
         0.5, gt=0, description="CPUs per replica (fractions fit beside training)"
     )

@@ -113,10 +113,15 @@ class Engine:
         self.config = deepspeed_config(ds, train, world_size)
         self.zero_stage = ds.zero_stage
         wd = train.weight_decay if weight_decay is None else weight_decay
-        decay = [p for p in model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.ndim < 2]
+        # frozen weights (a LoRA run's base) are neither optimized nor saved with the shards
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.frozen = len(trainable) < len(list(model.parameters()))
+        decay = [p for p in trainable if p.ndim >= 2]
+        no_decay = [p for p in trainable if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}],
+            # an empty group (LoRA trains matrices only) would desync the LR schedule's groups
+            [g for g in groups if g["params"]],
             lr=train.lr if lr is None else lr,
             betas=betas or (train.beta1, train.beta2),
             fused=torch.cuda.is_available(),
@@ -170,7 +175,12 @@ class Engine:
 
     def save(self, directory: Path, tag: str, client_state: dict[str, Any]) -> None:
         """Every rank writes its shards (a collective)."""
-        self.ds_engine.save_checkpoint(str(directory), tag=tag, client_state=client_state)
+        self.ds_engine.save_checkpoint(
+            str(directory),
+            tag=tag,
+            client_state=client_state,
+            exclude_frozen_parameters=self.frozen,
+        )
 
     def load(self, directory: Path, tag: str, *, universal: bool = False) -> dict[str, Any]:
         """Restore module, optimizer, LR schedule; returns the client state saved with them.
@@ -180,7 +190,12 @@ class Engine:
         self.ds_engine._config.load_universal_checkpoint = universal
         try:
             _, client_state = self.ds_engine.load_checkpoint(
-                str(directory), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+                str(directory),
+                tag=tag,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=True,
+                # frozen weights were not saved: they come from the base, as at the start
+                load_module_strict=not self.frozen,
             )
         finally:
             self.ds_engine._config.load_universal_checkpoint = False

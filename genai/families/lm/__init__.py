@@ -19,6 +19,23 @@ from genai.serve.api import Route
 from genai.specbase import PathField, Section
 
 
+class LoraSpec(Section):
+    """LoRA with ``peft``: the base stays frozen, low-rank adapters on ``target_modules``
+    train; the checkpoint holds the adapter (``adapter_model.safetensors``)."""
+
+    r: int = Field(8, ge=1, le=1024, description="the adapters' rank")
+    alpha: float = Field(16.0, gt=0, description="scale: the update is alpha/r * B @ A")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="module names to adapt (e.g. [q_proj, v_proj]); all-linear: every "
+        "linear layer but the output head",
+    )
+    merged_export: bool = Field(
+        False, description="also write the merged model.safetensors (a standalone model)"
+    )
+
+
 class ModelSpec(Section):
     """The network. ``family: lm`` is a Hugging Face causal LM."""
 
@@ -38,6 +55,10 @@ class ModelSpec(Section):
     )
     max_position: int = Field(512, ge=16, le=1 << 20, description="context length of the model")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora: LoraSpec | None = Field(
+        None,
+        description="fine-tune low-rank adapters instead of every weight (needs pretrained_path)",
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelSpec:
@@ -68,10 +89,17 @@ class DataSpec(Section):
     source: str = PathField(
         "stdlib", description="'stdlib', a file, a directory or a glob", keywords=("stdlib",)
     )
-    format: Literal["auto", "text", "jsonl", "parquet", "tokens"] = Field(
+    format: Literal["auto", "text", "jsonl", "parquet", "tokens", "chat"] = Field(
         "auto",
         description="'tokens': Parquet files already tokenized (an integer column 'tokens', "
-        "one token per row) with data.tokenizer.path; read in place, never re-tokenized",
+        "one token per row) with data.tokenizer.path; read in place, never re-tokenized. "
+        "'chat': JSONL of {messages: [{role, content}]}, rendered with the tokenizer's chat "
+        "template, loss on assistant tokens only, packed per data.pack",
+    )
+    pack: bool = Field(
+        True,
+        description="chat: several conversations per seq_len block (attention never crosses "
+        "from one into another); false: one conversation per block, padded",
     )
     text_field: str = Field("text", description="JSONL key / Parquet column holding the text")
     include: list[str] = Field(
@@ -135,9 +163,17 @@ CHAT = Route(
 
 
 def _check(spec: Any) -> None:
-    if spec.model.pretrained_path is None and spec.data.seq_len > spec.model.max_position:
+    model, data = spec.model, spec.data
+    if model.pretrained_path is None and data.seq_len > model.max_position:
         raise ValueError(
-            f"data.seq_len ({spec.data.seq_len}) must be <= model.max_position ({spec.model.max_position})"
+            f"data.seq_len ({data.seq_len}) must be <= model.max_position ({model.max_position})"
+        )
+    if model.lora is not None and model.pretrained_path is None:
+        raise ValueError("model.lora needs model.pretrained_path: adapters train over a base")
+    if data.format == "chat" and data.tokenizer.path is None and model.pretrained_path is None:
+        raise ValueError(
+            "data.format: chat needs a tokenizer with a chat template: set "
+            "model.pretrained_path (its tokenizer is used) or data.tokenizer.path"
         )
 
 

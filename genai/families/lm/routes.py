@@ -3,6 +3,7 @@ streamed as server-sent events, in OpenAI's shapes."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -50,8 +51,23 @@ async def _respond(calls: GatewayCalls, route: Route, body: Any, chat: bool):
             rec.update(opened)
         return _stream(calls, rec, gen, body, chat)
     async with calls.observe(route.path) as rec:
-        out = await calls.call(route, _body(body), rec["key"])
-        rec.update(out, output=out["text"])
+        if chat:
+            outs = [await calls.call(route, _body(body), rec["key"])]
+        else:  # one replica call per prompt, concurrently: each is a choice
+            outs = await asyncio.gather(
+                *(
+                    calls.call(route, {**_body(body), "prompt": p}, rec["key"])
+                    for p in body.prompts()
+                )
+            )
+        out = outs[0]
+        if len(outs) > 1:
+            out = {
+                **out,
+                "prompt_tokens": sum(o["prompt_tokens"] for o in outs),
+                "completion_tokens": sum(o["completion_tokens"] for o in outs),
+            }
+        rec.update(out, output="\n".join(o["text"] for o in outs))
     if chat:
         return ChatCompletionResponse(
             id=rec["id"],
@@ -64,7 +80,15 @@ async def _respond(calls: GatewayCalls, route: Route, body: Any, chat: bool):
         id=rec["id"],
         created=int(rec["time"]),
         model=out["model"],
-        choices=[{"text": out["text"], "finish_reason": out["finish_reason"]}],
+        choices=[
+            {
+                "index": i,
+                "text": o["text"],
+                "logprobs": o.get("logprobs"),
+                "finish_reason": o["finish_reason"],
+            }
+            for i, o in enumerate(outs)
+        ],
         usage=_usage(out),
     )
 

@@ -6,9 +6,9 @@ clients send (``user``, ``logprobs`` ...) are ignored.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # An absolute ceiling; the served limit (serve.max_tokens_limit and the model's
 # context) is checked per request and named in the error too.
@@ -43,8 +43,42 @@ class _Sampled(BaseModel):
     stream_options: StreamOptions | None = None
 
 
+MAX_PROMPTS = 64  # prompts in one completions request (each is a choice of the response)
+_TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=200_000)]
+
+
 class CompletionRequest(_Sampled):
-    prompt: str = Field(max_length=200_000)
+    prompt: (
+        Annotated[str, Field(max_length=200_000)]
+        | _TokenIds
+        | Annotated[
+            list[Annotated[str, Field(max_length=200_000)]],
+            Field(min_length=1, max_length=MAX_PROMPTS),
+        ]
+        | Annotated[list[_TokenIds], Field(min_length=1, max_length=MAX_PROMPTS)]
+    ) = Field(description="text, token ids, or a list of either (one choice each)")
+    # 0 with echo: score the prompt only (what evaluation harnesses ask for)
+    max_tokens: int = Field(16, ge=0, le=MAX_TOKENS_CEILING)
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="log-probabilities of the tokens and of this many likeliest"
+    )
+    echo: bool = Field(
+        False, description="the prompt back before the completion (and its logprobs)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompletionRequest:
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens must be >= 1 (0 only with echo: scoring the prompt)")
+        if self.stream and len(self.prompts()) > 1:
+            raise ValueError("prompt: a streamed request takes one prompt")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        p: Any = self.prompt
+        if isinstance(p, str) or (p and isinstance(p[0], int)):
+            return [p]
+        return list(p)
 
 
 class ChatMessage(BaseModel):
@@ -60,10 +94,19 @@ class ChatCompletionRequest(_Sampled):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
 
 
+class Logprobs(BaseModel):
+    """OpenAI's (legacy) completions logprobs: per token, with ``echo`` the prompt's first."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class Choice(BaseModel):
     text: str
     index: int = 0
-    logprobs: None = None
+    logprobs: Logprobs | None = None
     finish_reason: Literal["stop", "length"]
 
 
@@ -108,6 +151,11 @@ class LMCard(BaseModel):
 
     context_length: int = Field(description="tokens of prompt + completion the model takes")
     chat: bool = Field(description="LM whose tokenizer has a chat template")
+    base: dict[str, Any] | None = Field(
+        None, description="a fine-tuned model's base: its path, name and weights sha256"
+    )
+    adapter: dict[str, Any] | None = Field(None, description="a LoRA adapter's settings")
+    weights_sha256: str | None = Field(None, description="the weights adapters attach to")
 
 
 class LMLog(BaseModel):

@@ -22,10 +22,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
-from genai.checkpoint import WEIGHTS, Meta, open_for_inference
+from genai.checkpoint import WEIGHTS, Meta, is_adapter, open_for_inference, weights_sha256
 from genai.decoding.batch import BatchDecoder
 from genai.decoding.generation import Generation, Sampling
-from genai.families.lm import metrics
+from genai.families.lm import adapters, metrics
 from genai.models.transformer import context_length
 from genai.serve.api import base_card, count, current_key
 
@@ -76,6 +76,10 @@ class NoChatTemplate(ValueError):
     pass
 
 
+class BadTokens(ValueError):
+    pass
+
+
 @dataclass
 class Event:
     """What a request's listener hands to asyncio after a token: new text, and the end."""
@@ -111,12 +115,18 @@ class LMServer:
             on_idle=self._on_idle,
         )
         self.decoder.start(name=f"decoder-{name}")
+        # adapters attach to a base by the hash of its weights (genai/families/lm/adapters.py)
+        self.sha256 = weights_sha256(directory)
+        self.adapter_names: dict[str, str] = {}  # adapter key -> its model id
+        adapters.BASES[self.sha256] = self
 
     def info(self) -> dict[str, Any]:
         return {
             **base_card(self.lm.path, self.lm.meta),
             "context_length": self.context,
             "chat": self.tokenizer.chat_template is not None,
+            "base": self.lm.meta.export.get("base"),
+            "weights_sha256": self.sha256,
         }
 
     def _on_step(self, n: int, _seconds: float) -> None:  # decoder thread
@@ -150,9 +160,23 @@ class LMServer:
             self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         )
 
-    def open(self, req: dict[str, Any], prompt: str, stream: bool) -> Generation:
-        """A validated, not yet submitted generation; raises PromptTooLong."""
-        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] or [self.eos_id]
+    def open(
+        self,
+        req: dict[str, Any],
+        prompt: str | list[int],
+        stream: bool,
+        adapter: str | None = None,
+    ) -> Generation:
+        """A validated, not yet submitted generation; raises PromptTooLong. ``prompt``:
+        text, or token ids (checked against the vocabulary)."""
+        if isinstance(prompt, str):
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        else:
+            prompt_ids = list(prompt)
+            vocab = self.lm.model.config.vocab_size
+            if any(not 0 <= t < vocab for t in prompt_ids):
+                raise BadTokens(f"prompt token ids must be in [0, {vocab})")
+        prompt_ids = prompt_ids or [self.eos_id]
         if len(prompt_ids) + req["max_tokens"] > self.context:
             raise PromptTooLong(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({req['max_tokens']}) exceeds "
@@ -165,8 +189,10 @@ class LMServer:
             top_p=req["top_p"],
             seed=req.get("seed"),
             stop=(stop,) if isinstance(stop, str) else tuple(stop or ()),
+            logprobs=req.get("logprobs"),
+            echo=bool(req.get("echo")),
         )
-        return Generation(prompt_ids, sampling, decode=self._decode, stream=stream)
+        return Generation(prompt_ids, sampling, decode=self._decode, stream=stream, adapter=adapter)
 
     def _decode(self, ids: list[int]) -> str:
         # no clean-up of spaces: the text of a prefix stays a prefix of the text (streams)
@@ -222,11 +248,14 @@ class LMServer:
                 gen.cancel()
 
     def _count(self, gen: Generation) -> None:
-        tags = {"model": self.lm.name, "key": current_key()}
+        model = self.adapter_names.get(gen.adapter or "", self.lm.name)
+        tags = {"model": model, "key": current_key()}
         count(metrics.tokens_total(), len(gen.prompt_ids), {**tags, "kind": "prompt"})
         count(metrics.tokens_total(), len(gen.tokens), {**tags, "kind": "completion"})
 
     def close(self) -> None:
+        if adapters.BASES.get(self.sha256) is self:
+            del adapters.BASES[self.sha256]
         self.decoder.close()
 
 
@@ -235,5 +264,8 @@ def _resolve(fut: asyncio.Future) -> None:
         fut.set_result(None)
 
 
-def server(directory: Path, meta: Meta, spec: Any) -> LMServer:
+def server(directory: Path, meta: Meta, spec: Any) -> LMServer | adapters.AdapterServer:
+    """The family's server: a base model, or a LoRA adapter over a base already served."""
+    if is_adapter(directory):
+        return adapters.AdapterServer(directory, meta)
     return LMServer(directory, meta, spec)
