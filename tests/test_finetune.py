@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from genai import checkpoint as ckpt
-from tests.support import chat_jsonl, random_adapter, tiny_llama_dir
+from genai.testing.adapters import random_adapter
+from tests.support import chat_jsonl, tiny_llama_dir
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from genai import checkpoint as ckpt
-from tests.support import chat_jsonl, random_adapter, tiny_llama_dir
+from genai.testing.adapters import random_adapter
+from tests.support import chat_jsonl, tiny_llama_dir
 
 pytestmark = pytest.mark.e2e
 

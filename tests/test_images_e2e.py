@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+from urllib.parse import quote
 
 import httpx
 import numpy as np
@@ -374,6 +376,12 @@ def _fuzz_cases(openapi: dict):
             if method == "get":
                 cases.append(st.just((method, path, None)))
                 continue
+            if method == "delete":  # DELETE /v1/adapters/{name}: any name in the path
+                names = st.text(min_size=1, max_size=80).map(lambda t: quote(t, safe=""))
+                cases.append(
+                    names.map(lambda n, p=path: ("delete", re.sub(r"\{\w+\}", n, p), None))
+                )
+                continue
             schema = op["requestBody"]["content"]["application/json"]["schema"]
             body = (
                 _from_property(schema, openapi["components"], json_values)
@@ -416,6 +424,8 @@ def test_fuzzing_every_route_gives_no_5xx_and_no_replica_dies(all_served):
         method, path, body = case
         if method == "get":
             r = client.get(path)
+        elif method == "delete":
+            r = client.delete(path)
         elif isinstance(body, bytes):
             r = client.post(path, content=body, headers={"content-type": "application/json"})
         else:

@@ -83,6 +83,8 @@ class Models:
             meta = read_meta(directory)
         except CheckpointError as exc:
             return _refusal(APIError(404, str(exc), "path", "not_found"))
+        except (OSError, ValueError) as exc:  # unreadable, or no path at all (a NUL byte)
+            return _refusal(APIError(400, f"path: {type(exc).__name__}: {exc}"[:300], "path"))
         if not is_adapter(directory):
             return _refusal(APIError(400, f"{path} is not a LoRA adapter checkpoint", "path"))
         current = self.registry.served.get(name)
