@@ -243,35 +243,32 @@ def copy_checkpoint(src: Path, dest: Path, lineage: Lineage | None = None) -> Pa
         meta = read_meta(staging)
         if lineage is not None:
             write_meta(staging, meta.model_copy(update={"lineage": lineage}))
-        for f in staging.rglob("*"):
-            if f.is_file():
-                _fsync(f)
-        if dest.exists():
-            trash = dest.parent / f".trash-{dest.name}-{time.time_ns()}"
-            os.rename(dest, trash)
-            os.rename(staging, dest)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(staging, dest)
+        install(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
-def commit(staging: Path, root: Path, step: int, keep: int) -> Path:
-    """Rename a finished staging dir into place, point ``latest`` at it, prune old ones."""
-    final = root / step_name(step)
+def install(staging: Path, dest: Path) -> None:
+    """Move a finished ``staging`` dir to ``dest`` (a sibling) once its files are on disk,
+    replacing what is there by a swap: ``dest`` is never half-written or half-replaced."""
     for f in staging.rglob("*"):
         if f.is_file():
             _fsync(f)
-    if final.exists():
-        # same step written again (a resumed run re-reaching it): swap, never half-replace
-        trash = root / f".trash-{final.name}-{time.time_ns()}"
-        os.rename(final, trash)
-        os.rename(staging, final)
+    if dest.exists():
+        trash = dest.parent / f".trash-{dest.name}-{time.time_ns()}"
+        os.rename(dest, trash)
+        os.rename(staging, dest)
         shutil.rmtree(trash, ignore_errors=True)
     else:
-        os.rename(staging, final)
+        os.rename(staging, dest)
+
+
+def commit(staging: Path, root: Path, step: int, keep: int) -> Path:
+    """Rename a finished staging dir into place, point ``latest`` at it, prune old ones."""
+    final = root / step_name(step)
+    # the same step written again (a resumed run re-reaching it) is swapped, never half-replaced
+    install(staging, final)
     link_tmp = root / f".latest.tmp-{os.getpid()}"
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()

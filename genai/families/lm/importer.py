@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
 import shutil
 import tempfile
 import time
@@ -109,13 +108,7 @@ def import_model(
             lineage=lineage,
         )
         ckpt.write_meta(staging, meta)
-        if out.exists():
-            trash = out.parent / f".trash-{out.name}-{time.time_ns()}"
-            os.rename(out, trash)
-            os.rename(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(staging, out)
+        ckpt.install(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(
