@@ -98,22 +98,48 @@ def test_a_lora_run_leaves_an_adapter_peft_loads(lora_run, base):
     assert model.peft_config["default"].target_modules == {"q_proj", "v_proj"}
 
 
+def _from_step_3(lora_spec, root: Path, **scaling):
+    """The run's spec pointed at a copy of its step-3 checkpoint (``scaling`` overrides)."""
+    root.mkdir()
+    shutil.copytree(lora_spec.checkpoint_dir / "step-000003", root / "step-000003", symlinks=True)
+    os.symlink("step-000003", root / "latest")
+    return lora_spec.model_copy(
+        update={
+            "checkpoint": lora_spec.checkpoint.model_copy(update={"dir": str(root)}),
+            "scaling": lora_spec.scaling.model_copy(update=scaling),
+        }
+    )
+
+
 def test_lora_resume_reproduces_the_uninterrupted_run(lora_run, lora_spec, tmp_path):
     """A copy of the run's step-3 checkpoint, resumed: the adapter at step 6 comes out the same."""
     from genai.train.run import train
 
-    root = tmp_path / "ckpt"
-    root.mkdir()
-    shutil.copytree(lora_spec.checkpoint_dir / "step-000003", root / "step-000003", symlinks=True)
-    os.symlink("step-000003", root / "latest")
-    spec = lora_spec.model_copy(
-        update={"checkpoint": lora_spec.checkpoint.model_copy(update={"dir": str(root)})}
-    )
-    resumed = train(spec, resume=True)
+    resumed = train(_from_step_3(lora_spec, tmp_path / "ckpt"), resume=True)
     assert ckpt.read_meta(resumed).step == 6
     want, got = load_file(lora_run / ckpt.ADAPTER), load_file(resumed / ckpt.ADAPTER)
     for k, v in want.items():
         torch.testing.assert_close(got[k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.full
+def test_lora_resumes_on_another_worker_count(lora_run, lora_spec, tmp_path, capfd):
+    """The 2-worker LoRA run's step-3 checkpoint continues on one worker (DeepSpeed universal
+    checkpoint of the adapter's partitioned optimizer state, the frozen base from its own
+    file): same global batch, so step 4's loss matches to reduction order and step 6's to the
+    tolerance tests/test_reshard_e2e.py explains."""
+    from genai.train.run import train
+
+    resumed = train(_from_step_3(lora_spec, tmp_path / "ckpt", num_workers=1), resume=True)
+    meta = ckpt.read_meta(resumed)
+    assert meta.step == 6 and meta.world_size == 1
+    assert ckpt.is_adapter(resumed)
+    assert "re-sharding step-000003 from 2 to 1 workers" in "".join(capfd.readouterr())
+    want = {int(c["step"]): c["loss"] for c in ckpt.read_meta(lora_run).curves}
+    got = {int(c["step"]): c["loss"] for c in meta.curves}
+    assert got[4] == pytest.approx(want[4], rel=1e-5), (got, want)
+    assert got[6] == pytest.approx(want[6], rel=1e-3), (got, want)
+    assert load_file(resumed / ckpt.ADAPTER).keys() == load_file(lora_run / ckpt.ADAPTER).keys()
 
 
 @pytest.fixture(scope="module")
