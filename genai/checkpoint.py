@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 META = "meta.json"
 WEIGHTS = "model.safetensors"
 ADAPTER = "adapter_model.safetensors"
+DATASET = "dataset.parquet"  # the manifest of the documents it trained on and held out
 DS_DIR = "deepspeed"
 CONTRACT = "genai-checkpoint/2"
 _STEP_RE = re.compile(r"^step-(\d{6,})$")

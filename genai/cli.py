@@ -7,6 +7,7 @@
     genai serve runs/lm-tiny/checkpoints/latest --port 8000       # foreground; Ctrl-C stops it
     genai query "def fibonacci(" --max-tokens 64
     genai submit jobs/lm-tiny.yaml --address http://HEAD:8265     # through the Ray Jobs API
+    genai data dedup stdlib --out dedup.parquet                   # Ray Data; also ls/show/diff
     genai demo                                                    # the whole path, briefly
 
 Errors in user input print one line (``genai: error: ...``) and exit 2.
@@ -190,13 +191,38 @@ def _generations(args: argparse.Namespace) -> int:
     from genai.serve import genlog_view
 
     table = genlog_view.select(
-        Path(args.dir), args.model, args.since, args.min_score, args.max_score, args.limit
+        Path(args.dir),
+        args.model,
+        args.since,
+        args.min_score,
+        args.max_score,
+        args.limit,
+        args.key_file,
     )
-    if args.out:
+    if args.action == "export" and not (args.out or args.dataset):
+        raise ValueError("generations export: give --out FILE or --dataset DIR")
+    if args.dataset:
+        n = genlog_view.export_dataset(table, Path(args.dataset))
+        print(f"wrote {n} generations as a synthetic corpus to {args.dataset} (data.synthetic)")
+    elif args.out:
         genlog_view.export(table, Path(args.out))
         print(f"wrote {table.num_rows} generations to {args.out}")
     else:
         genlog_view.show(table.to_pylist(), args.width)
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from genai.data import ops
+
+    if args.action == "ls":
+        ops.ls(args.cache_dir)
+    elif args.action == "show":
+        ops.show(args.version, args.cache_dir, args.files)
+    elif args.action == "diff":
+        return ops.diff(args.a, args.b, args.cache_dir)
+    else:
+        ops.dedup(args.source, args.set, args.address, args.out)
     return 0
 
 
@@ -295,6 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
     im.set_defaults(func=_import)
 
     g = sub.add_parser("generations", help="read the generation log (with feedback scores)")
+    g.add_argument(
+        "action",
+        nargs="?",
+        default="show",
+        choices=["show", "export"],
+        help="show a table (default) or export (--out FILE, --dataset DIR)",
+    )
     g.add_argument("--dir", default="runs/generations", help="the log (serve's generation_log.dir)")
     g.add_argument("--model", help="only this model")
     g.add_argument("--since", help="30m, 1h, 2d ago, or an ISO 8601 time")
@@ -302,7 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-score", type=float, help="only scored generations, score <= this")
     g.add_argument("--limit", type=int, default=0, help="only the newest N")
     g.add_argument("--out", help="write .parquet or .csv instead of printing a table")
+    g.add_argument(
+        "--dataset",
+        help="write the generations' text as a synthetic corpus (JSONL) for data.synthetic",
+    )
     g.add_argument("--width", type=int, default=40, help="prompt/output characters shown")
+    g.add_argument("--key-file", help="an encrypted log's key (base64; default: $GENAI_LOG_KEY)")
     g.set_defaults(func=_generations)
 
     q = sub.add_parser("query", help="ask a served model for a completion")
@@ -341,6 +379,32 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--follow", "-f", action="store_true", help="logs: stream until the job ends")
     j.set_defaults(func=_jobs)
 
+    da = sub.add_parser("data", help="dataset versions (ls, show, diff) and corpus dedup")
+    dsub = da.add_subparsers(dest="action", required=True)
+    cache = {"default": ".genai_cache", "help": "the data.cache_dir the datasets were prepared in"}
+    x = dsub.add_parser("ls", help="list the stored dataset versions")
+    x.add_argument("--cache-dir", **cache)
+    x = dsub.add_parser("show", help="a version's summary (and documents, with --files)")
+    x.add_argument("version", help="a version id (or a unique prefix), or a checkpoint dir")
+    x.add_argument("--files", action="store_true", help="list every document and its split")
+    x.add_argument("--cache-dir", **cache)
+    x = dsub.add_parser("diff", help="the documents that differ between two versions")
+    x.add_argument("a", help="a version id or a checkpoint dir")
+    x.add_argument("b", help="a version id or a checkpoint dir")
+    x.add_argument("--cache-dir", **cache)
+    x = dsub.add_parser("dedup", help="deduplicate a corpus on a Ray cluster (Ray Data)")
+    x.add_argument("source", help="'stdlib', a directory, a file or a glob (as data.source)")
+    x.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a data field, e.g. dedup.threshold=0.8 or include=['*.md']",
+    )
+    x.add_argument("--out", help="write the manifest (kept: train, the rest: dropped) here")
+    x.add_argument("--address", help="Ray cluster address; default: embedded local Ray")
+    da.set_defaults(func=_data)
+
     d = sub.add_parser("demo", help="train, serve and query a small LM on an embedded local Ray")
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the spec's)")
     d.set_defaults(func=_demo)
@@ -349,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "action", None) in ("status", "logs", "stop") and not args.job_id:
+    if args.command == "jobs" and args.action in ("status", "logs", "stop") and not args.job_id:
         build_parser().error(f"jobs {args.action} needs a job id")
     from genai.checkpoint import CheckpointError
     from genai.config import SpecError

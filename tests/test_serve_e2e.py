@@ -32,6 +32,10 @@ class _Boom:
 
 KEYS = {"alice": "sk-alice-0001", "bob": "sk-bob-00002"}
 SLOW_KEY = "sk-carol-0003"  # in the keys file with 6 requests/min: a burst of 1
+# in the keys file with scopes: dave may only generate, and only with other models; erin
+# may do everything, admin included; frank may only read his generations (keys without
+# `actions` may do all but admin)
+SCOPED = {"dave": "sk-dave-00004", "erin": "sk-erin-00005", "frank": "sk-frank-0006"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,12 @@ def served(serve_url, zero3_checkpoint, tmp_path_factory, genlog_dir):
         (ckpt / name).write_bytes(pickle.dumps(_Boom(str(marker))))
 
     keys_file = ckpt.parent / "keys.yaml"
-    keys_file.write_text(f"carol: {{key: {SLOW_KEY}, requests_per_minute: 6}}\n")
+    keys_file.write_text(
+        f"carol: {{key: {SLOW_KEY}, requests_per_minute: 6}}\n"
+        f"dave: {{key: {SCOPED['dave']}, models: ['other-*'], actions: [generate]}}\n"
+        f"erin: {{key: {SCOPED['erin']}, actions: [generate, feedback, log, admin]}}\n"
+        f"frank: {{key: {SCOPED['frank']}, actions: [log]}}\n"
+    )
     env = {"GENAI_TEST_KEYS": ",".join(f"{n}:{k}" for n, k in KEYS.items())}
     args = AppArgs(
         checkpoints=[str(ckpt)],
@@ -198,6 +207,52 @@ def test_api_keys_are_enforced(served):
         timeout=60,
     )
     assert r.status_code == 200
+
+
+def test_key_scopes_answer_403_naming_what_is_missing(served):
+    """One 403 per scope: a model outside the key's globs, and each action (generate,
+    feedback, log, admin) it was not granted; 401 stays for an unknown key."""
+    client, _ = served
+
+    def as_(name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {SCOPED.get(name) or KEYS[name]}"}
+
+    def refused(r: httpx.Response, *words: str) -> None:
+        assert r.status_code == 403, r.text
+        err = r.json()["error"]
+        assert err["type"] == "permission_error" and all(w in err["message"] for w in words), err
+
+    body = {"model": "tiny-z3", "prompt": "x", "max_tokens": 1}
+    # models: dave's globs do not cover tiny-z3 (nor a model that does not exist)
+    refused(
+        client.post("/v1/completions", json=body, headers=as_("dave")), "dave", "tiny-z3", "models"
+    )
+    refused(
+        client.post("/v1/completions", json={**body, "model": "nope"}, headers=as_("dave")), "nope"
+    )
+    assert client.get("/v1/models", headers=as_("dave")).json()["data"] == []
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["tiny-z3"]
+    # actions: feedback and log not granted to dave; admin not to bob (no `actions`: all but admin)
+    refused(
+        client.post(
+            "/v1/feedback", json={"id": "cmpl-" + "0" * 24, "score": 1}, headers=as_("dave")
+        ),
+        "dave",
+        "feedback",
+    )
+    refused(client.get("/v1/generations", headers=as_("dave")), "read the generation log")
+    refused(client.post("/v1/adapters", json={"name": "a", "path": "/nowhere"}), "bob", "admin")
+    refused(client.delete("/v1/adapters/a"), "bob", "admin")
+    refused(client.get("/v1/generations", params={"key": "alice"}), "bob", "admin")
+    refused(client.post("/v1/completions", json=body, headers=as_("frank")), "frank", "generate")
+    assert client.get("/v1/generations", headers=as_("frank")).json()["data"] == []
+    # erin holds every action: past the scope check, the request itself is judged
+    r = client.post("/v1/adapters", json={"name": "a", "path": "/nowhere"}, headers=as_("erin"))
+    assert r.status_code in (400, 404), r.text
+    assert client.delete("/v1/adapters/a", headers=as_("erin")).status_code == 404
+    assert client.post("/v1/completions", json=body, headers=as_("erin")).status_code == 200
+    bad = {"Authorization": "Bearer sk-nobody-0000"}
+    assert client.post("/v1/completions", json=body, headers=bad).status_code == 401
 
 
 def test_a_keys_rate_limit_answers_429_with_retry_after(served):
@@ -379,6 +434,34 @@ def test_generation_log_with_feedback_and_a_torn_file(served, genlog_dir, zero3_
     assert s["output"] == streamed and s["key"] == "alice" and s["score"] == -0.5
     assert any(r["status"] == 404 and r["error"] for r in rows.values())
 
+    # over HTTP, a key reads its own generations, newest first, with their scores
+    mine = client.get("/v1/generations", params={"limit": 50}).json()["data"]
+    assert plain["id"] in [r["id"] for r in mine] and sid not in [r["id"] for r in mine]
+    assert {r["key"] for r in mine} == {"bob"} and mine == sorted(
+        mine, key=lambda r: r["time"], reverse=True
+    )
+    assert next(r for r in mine if r["id"] == plain["id"])["score"] == 1.0
+    erin = {"Authorization": f"Bearer {SCOPED['erin']}"}
+    theirs = client.get("/v1/generations", params={"key": "alice"}, headers=erin).json()["data"]
+    assert sid in [r["id"] for r in theirs]
+    assert client.get("/v1/generations", params={"limit": 0}).status_code == 422
+
+    # the well-scored generations as a synthetic corpus for data.synthetic
+    corpus = genlog_dir.parent / "synthetic"
+    args = ["generations", "export", "--dir", str(genlog_dir), "--min-score", "1"]
+    assert main([*args, "--dataset", str(corpus)]) == 0
+    (record,) = [
+        json.loads(line) for line in (corpus / "generations.jsonl").read_text().splitlines()
+    ]
+    assert record["text"] == "log me " + plain["choices"][0]["text"]
+    assert (record["generation_id"], record["model"], record["origin"]) == (
+        plain["id"],
+        "tiny-z3",
+        "synthetic",
+    )
+    assert main(args) == 2  # export needs --out or --dataset
+    capsys.readouterr()
+
     # a torn file (a kill mid-write, renamed by hand) and a foreign one are skipped
     complete = sorted(genlog_dir.glob("generations-*.parquet"))[0]
     data = complete.read_bytes()
@@ -396,3 +479,79 @@ def test_generation_log_with_feedback_and_a_torn_file(served, genlog_dir, zero3_
     assert csv.read_text().count(plain["id"]) == 1
     assert main(["generations", "--dir", str(genlog_dir), "--since", "soon"]) == 2
     assert "--since" in capsys.readouterr().err
+
+
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, driven by selenium (skipped where it is not installed,
+    failed where CI installed it)."""
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        if os.environ.get("GENAI_REQUIRE_BROWSER"):
+            pytest.fail("chromium/chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip("no browser: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_bin), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_playground_in_a_real_browser(served, serve_url, browser, genlog_dir, capsys):
+    """Type a key and a prompt, watch the streamed text arrive, rate it, and find the
+    rating in `genai generations`. The screenshot is kept in test-artifacts/."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from genai.cli import main
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(serve_url.rstrip("/") + "/")
+    assert browser.title == "genai playground"
+    browser.find_element(By.ID, "key").send_keys(KEYS["alice"] + "\n")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "1 model(s)"))
+    assert (
+        Select(browser.find_element(By.ID, "model")).first_selected_option.get_attribute("value")
+        == "tiny-z3"
+    )
+    browser.find_element(By.ID, "max-tokens").clear()
+    browser.find_element(By.ID, "max-tokens").send_keys("24")
+    browser.find_element(By.ID, "prompt").send_keys("def add(a, b):")
+    # count the output's updates: streamed text arrives in pieces, not at once
+    browser.execute_script(
+        "window.updates = 0; new MutationObserver(() => window.updates++)"
+        ".observe(document.getElementById('output'), {childList: true, characterData: true, subtree: true});"
+    )
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_element(By.ID, "gen-id").text.startswith("cmpl-"))
+    gen_id = browser.find_element(By.ID, "gen-id").text
+    output = browser.find_element(By.ID, "output").get_attribute("textContent")
+    assert output and browser.execute_script("return window.updates") >= 2
+    assert browser.find_element(By.ID, "error").text == ""
+    browser.find_element(By.ID, "thumbs-up").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "rated"), "thanks: good"))
+    # the key's recent generations list it (the page refreshes after a rating)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-id="{gen_id}"]'))
+    artifacts = Path(__file__).resolve().parent.parent / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(artifacts / "playground.png"))
+
+    rows = _wait_logged(genlog_dir, {gen_id}, scored={gen_id})
+    assert rows[gen_id]["score"] == 1.0 and rows[gen_id]["key"] == "alice"
+    assert rows[gen_id]["output"] == output and rows[gen_id]["prompt"] == "def add(a, b):"
+    capsys.readouterr()
+    assert (
+        main(["generations", "--dir", str(genlog_dir), "--min-score", "1", "--width", "200"]) == 0
+    )
+    assert gen_id in capsys.readouterr().out

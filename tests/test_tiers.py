@@ -27,6 +27,9 @@ COVERAGE = {
     "CLI train": "test_train_e2e.py::test_cli_train_joins_a_running_ray",
     "CLI serve and query": "test_serve_e2e.py::test_genai_serve_cli_query_and_sigterm",
     "a family from a plugin package": "test_plugin_e2e.py::test_served_on_its_own_route_with_a_card_a_metric_and_a_log_record",
+    "403 per key scope": "test_serve_e2e.py::test_key_scopes_answer_403_naming_what_is_missing",
+    "playground in a browser": "test_serve_e2e.py::test_playground_in_a_real_browser",
+    "dedup on Ray Data": "test_dedup.py::test_genai_data_dedup_runs_the_stages_on_ray_data",
 }
 
 

@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -41,6 +43,18 @@ def test_zero2_two_workers_write_complete_checkpoints(ray_session, tiny_raw):
     assert len(_ranks_with_optimizer_shards(final)) == 2
     assert (final / "tokenizer.json").is_file() and (final / "config.json").is_file()
     assert not any(p.name.startswith(".step-") for p in root.iterdir())
+    # the dataset it trained on: a version id, and the manifest's own copy inside it
+    from genai.data import manifest
+    from genai.data.tokens import CacheMeta
+
+    version = meta.export["dataset"]["version"]
+    table = pq.read_table(final / ckpt.DATASET)
+    assert manifest.version_id(table) == version
+    splits = table.column("split").to_pylist()
+    cache = [d for d in Path(spec.data.cache_dir).glob("text-*") if (d / "meta.json").is_file()]
+    prepared = next(CacheMeta.read(d) for d in cache if CacheMeta.read(d).dataset == version)
+    assert splits.count("train") == prepared.documents["train"] > 0
+    assert splits.count("val") == prepared.documents["val"] > 0
     # a second run without --resume/--fresh refuses to mix with these checkpoints
     with pytest.raises(ValueError, match="pass --resume to continue or --fresh"):
         train(spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -352,8 +353,10 @@ spec = SimpleNamespace(mode=sys.argv[2], save_images=False, flush_s=0.05, rotate
                        dir=sys.argv[1])
 log = GenerationLog(spec, "replica-x")
 i = 0
-while True:  # records until SIGKILLed, mid-file
-    log.record({"id": f"cmpl-{i:024x}", "time": time.time(), "status": 200, "prompt": "p", "output": "o"})
+while True:  # records until SIGKILLed, mid-file; each one's index and time on stdout
+    now = time.time()
+    log.record({"id": f"cmpl-{i:024x}", "time": now, "status": 200, "prompt": "p", "output": "o"})
+    print(i, now, flush=True)
     i += 1
     time.sleep(0.01)
 """
@@ -361,8 +364,9 @@ while True:  # records until SIGKILLed, mid-file
 
 @pytest.mark.parametrize("mode", ["full", "metadata"])
 def test_generation_log_survives_a_kill_and_honours_its_mode(tmp_path, mode):
-    """A SIGKILLed writer leaves complete files plus one open file; reading skips the
-    open (torn) one and loses nothing else. Metadata mode keeps no prompts or outputs."""
+    """A SIGKILLed writer leaves complete Parquet files plus its open stream file: reading
+    both loses only the records of the last flush_s (plus the kill's own latency), none
+    twice. Metadata mode keeps no prompts or outputs."""
     import signal
     import subprocess
     import sys
@@ -370,26 +374,48 @@ def test_generation_log_survives_a_kill_and_honours_its_mode(tmp_path, mode):
 
     from genai.serve import genlog
 
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(tmp_path), mode])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path), mode],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 60
         while len(list(tmp_path.glob("generations-*.parquet"))) < 2 and time.time() < deadline:
             time.sleep(0.1)
         time.sleep(0.2)  # into the next file (files rotate every 0.5 s)
     finally:
+        killed_at = time.time()
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        out, _ = proc.communicate()
+    assert list(tmp_path.glob("generations-*.arrows")), "no open file at the kill"
     table, skipped = genlog.read(tmp_path)
-    assert table.num_rows > 0 and len(skipped) >= 1, (table.num_rows, skipped)
-    assert all(p.name.endswith(".inprogress") for p in skipped)
+    assert not skipped
     ids = table["id"].to_pylist()
-    assert len(ids) == len(set(ids)) and ids == sorted(ids)  # complete files, in order
+    assert len(ids) == len(set(ids)) and ids == sorted(ids)  # in order, none twice
+    logged = [line.split() for line in out.splitlines()]
+    # every record made more than flush_s (+ 0.25 s of scheduling on a loaded machine)
+    # before the kill is on disk
+    must = {f"cmpl-{int(i):024x}" for i, t in logged if float(t) < killed_at - 0.05 - 0.25}
+    assert must and must <= set(ids), len(must - set(ids))
     rows = table.to_pylist()
     if mode == "full":
         assert {(r["prompt"], r["output"]) for r in rows} == {("p", "o")}
     else:
         assert {(r["prompt"], r["output"]) for r in rows} == {(None, None)}
     assert {r["replica"] for r in rows} == {"replica-x"} and rows[0]["score"] is None
+
+    # the next writer on the directory turns the orphaned stream into Parquet
+    from genai.serve.genlog import RecordLog
+    from genai.serve.routes import log_fields
+
+    for path in tmp_path.glob("generations-*.arrows"):
+        os.utime(path, (time.time() - 120, time.time() - 120))
+    RecordLog(
+        tmp_path, "generations", genlog.generations_schema(log_fields()), rotate_s=0.5
+    ).close()
+    assert not list(tmp_path.glob("generations-*.arrows"))
+    assert genlog.read(tmp_path)[0]["id"].to_pylist() == ids
 
 
 def test_a_source_renamed_to_the_same_checkpoint_is_kept_with_its_new_source(tmp_path):

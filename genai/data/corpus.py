@@ -63,15 +63,26 @@ def file_format(path: Path, spec: DataSpec) -> str:
 
 def iter_documents(files: list[Path], spec: DataSpec) -> Iterator[str]:
     """Yield documents until ``data.max_bytes`` of text has been read."""
+    for _, _, doc in iter_records(files, spec):
+        yield doc
+
+
+def iter_records(files: list[Path], spec: DataSpec) -> Iterator[tuple[Path, int, str]]:
+    """(file, record, text) for each document until ``data.max_bytes`` of text has been
+    read; ``record`` counts a file's non-empty documents (0 for a text file), so
+    ``read_documents(file, spec)`` finds the same document at the same position."""
     budget = spec.max_bytes
     for path in files:
-        for doc in _read(path, spec):
-            if not doc:
-                continue
+        for record, doc in enumerate(read_documents(path, spec)):
             budget -= len(doc.encode("utf-8", "ignore"))
-            yield doc
+            yield path, record, doc
             if budget <= 0:
                 return
+
+
+def read_documents(path: Path, spec: DataSpec) -> Iterator[str]:
+    """A file's non-empty documents, in order."""
+    return (doc for doc in _read(path, spec) if doc)
 
 
 def _read(path: Path, spec: DataSpec) -> Iterator[str]:

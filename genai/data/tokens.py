@@ -39,12 +39,14 @@ from pydantic import BaseModel
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from genai.data.corpus import iter_documents, resolve_files
+from genai.data import manifest
+from genai.data.corpus import resolve_files
+from genai.data.dataset import assemble
 from genai.families.lm import DataSpec
 from genai.specbase import SpecError
 
 EOS = "<|endoftext|>"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 _XZ_SAMPLE_TOKENS = 1 << 20  # xz -9e of more held-out text would take minutes
 _TOKENIZER_FILES = {"vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json"}
 
@@ -63,6 +65,8 @@ class CacheMeta(BaseModel):
     val_bytes: int
     xz_bpb: float
     spec: dict[str, Any]
+    dataset: str | None = None
+    """the dataset version (genai/data/manifest.py); its manifest is ``manifest.parquet``"""
 
     def write(self, directory: Path) -> None:
         (directory / "meta.json").write_text(self.model_dump_json(indent=2))
@@ -84,6 +88,7 @@ class TokenData:
     eos_id: int
     val_bytes: int
     xz_bpb: float
+    dataset: str | None = None  # the dataset version; manifest.parquet beside meta.json
 
     def load(self, split: str) -> np.ndarray:
         """All of a split's tokens in memory."""
@@ -149,18 +154,13 @@ def prepare(spec: DataSpec, log=print) -> TokenData:
 def _tokenize_text(spec: DataSpec, files: list[Path], out: Path, log) -> TokenData:
     """Hold out whole documents, train (or load) the tokenizer, write the shards."""
     t0 = time.perf_counter()
-    docs = list(iter_documents(files, spec))
-    if len(docs) < 2:
-        raise ValueError(
-            f"data.source {spec.source!r} holds {len(docs)} document(s); the held-out split "
-            "is made of whole documents, so it needs at least two"
-        )
-    # Whole documents, in a seeded order, until val_fraction of the text; a document that
-    # would overshoot the rest of the budget is passed over (one big file cannot swallow it)
-    order, val_idx = hold_out([len(d) for d in docs], spec.val_fraction, spec.seed)
-    val_docs = [docs[i] for i in sorted(val_idx)]
-    train_docs = [docs[i] for i in order if int(i) not in val_idx]
-    log(f"data: {len(files)} files, {len(docs)} documents, {sum(map(len, docs)) / 1e6:.1f}M chars")
+    corpus = assemble(spec, log)
+    train_docs, val_docs = corpus.documents("train"), corpus.documents("val")
+    log(
+        f"data: {len(files)} files, {len(corpus.texts)} documents, "
+        f"{sum(map(len, corpus.texts)) / 1e6:.1f}M chars; {len(train_docs)} train, "
+        f"{len(val_docs)} held out (whole dedup clusters); dataset {corpus.version}"
+    )
 
     if spec.tokenizer.path:
         tokenizer = AutoTokenizer.from_pretrained(spec.tokenizer.path, local_files_only=True)
@@ -187,6 +187,12 @@ def _tokenize_text(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
                 pq.write_table(pa.table({"tokens": piece}), tmp / "train" / name)
                 shards.append([name, len(piece)])
         tokenizer.save_pretrained(tmp / "tokenizer")
+        manifest.write(corpus.table, tmp / manifest.MANIFEST)
+        manifest.register(
+            corpus.table,
+            {"source": spec.source, "spec": spec.model_dump(mode="json"), **corpus.report},
+            Path(spec.cache_dir).absolute() / "datasets",
+        )
         val_text = "".join(val_docs).encode("utf-8", "replace")
         xz = lzma.compress(val_text, preset=9 | lzma.PRESET_EXTREME)
         CacheMeta(
@@ -199,6 +205,7 @@ def _tokenize_text(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
             val_bytes=len(val_text),
             xz_bpb=8 * len(xz) / max(1, len(val_text)),
             spec=spec.model_dump(mode="json"),
+            dataset=corpus.version,
         ).write(tmp)
     log(
         f"data: tokenized {counts['train']:,} train + {counts['val']:,} val tokens "

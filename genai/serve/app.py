@@ -24,7 +24,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
@@ -62,6 +63,14 @@ FeedbackRequest = feedback_request(ID_PREFIX.values())
 GENERATIONS = genlog.generations_schema(surface.log_fields())
 install_error_handlers(app)
 app.add_middleware(LimitsAndAuth)
+
+
+PLAYGROUND = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
+# its one inline script and style; images are data: URLs; it talks only to this origin
+_PLAYGROUND_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    "img-src data:; connect-src 'self'"
+)
 
 
 # Helpers and family routes live above the Gateway: Serve pickles the decorated class (and
@@ -152,7 +161,7 @@ class Gateway:
         raise AssertionError("unreachable")
 
     async def call(self, route: Route, body: dict[str, Any], key: str) -> dict[str, Any]:
-        return await self._call("handle", route.path, body, key)
+        return await self._call("handle", route.path, body, key, keys.current_scope.get())
 
     async def open_stream(
         self, route: Route, body: dict[str, Any], key: str
@@ -160,7 +169,9 @@ class Gateway:
         """A model-replica stream, opened: its first event has arrived (bad requests fail
         here, before any byte is sent). A replica that died before it is retried."""
         for attempt in range(self.retries + 1):
-            gen = self.models.options(stream=True).stream.remote(route.path, body, key)
+            gen = self.models.options(stream=True).stream.remote(
+                route.path, body, key, keys.current_scope.get()
+            )
             try:
                 first = _refused(await gen.__anext__())
                 return gen, first["opened"]
@@ -203,6 +214,11 @@ class Gateway:
         if self.genlog is not None:
             self.genlog.record(rec)
 
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground(self) -> HTMLResponse:
+        """The playground: a static page that calls this API with the key typed into it."""
+        return HTMLResponse(PLAYGROUND, headers={"Content-Security-Policy": _PLAYGROUND_CSP})
+
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         """The gateway's replica, and one model replica's view (models, decoders, swaps)."""
@@ -210,7 +226,10 @@ class Gateway:
 
     @app.get("/v1/models", response_model=ModelList)
     async def list_models(self) -> ModelList:
-        return ModelList(data=[ModelCard(**c) for c in await self._call("cards")])
+        """The served models this request's key may use."""
+        allowed = keys.current_scope.get()
+        cards = [c for c in await self._call("cards") if keys.allows(allowed, c["id"])]
+        return ModelList(data=[ModelCard(**c) for c in cards])
 
     @app.post("/v1/adapters", response_model=ModelCard, status_code=201)
     async def add_adapter(self, body: AdapterRequest) -> ModelCard:
@@ -243,6 +262,33 @@ class Gateway:
             )
         await self._call("sync_adapters")
         return {"id": name, "object": "model", "deleted": True}
+
+    @app.get("/v1/generations")
+    async def generations(
+        self,
+        limit: int = Query(20, ge=1, le=500),
+        model: str | None = None,
+        key: str | None = None,
+    ) -> dict[str, Any]:
+        """The newest logged generations of the calling key (with its feedback scores);
+        an ``admin`` key (or an open API) reads every key's, or ``key``'s."""
+        if self.genlog is None:
+            raise APIError(409, "the generation log is off on this deployment", None)
+        ring: keys.KeyRing = app.state.keys
+        caller = keys.current_key.get()
+        admin = not ring or ring.by_name[caller].may("admin")
+        if key is not None and key != caller and not admin:
+            raise APIError(
+                403,
+                ring.by_name[caller].refusal("admin") + ": other keys' generations",
+                "key",
+                "permission_error",
+            )
+        who = key if admin else caller
+        rows = await asyncio.to_thread(
+            genlog.recent, self.genlog.dir, limit, model, who, self.genlog.cipher
+        )
+        return {"object": "list", "data": rows}
 
     @app.post("/v1/feedback", response_model=FeedbackResponse)
     async def feedback(self, body: FeedbackRequest) -> FeedbackResponse:

@@ -2,16 +2,24 @@
 
 Each request handled by a route appends a record (:func:`generations_schema`); ``POST
 /v1/feedback`` appends a score (:data:`FEEDBACK`). Records go onto a queue and a writer
-thread appends them, in batches every ``flush_s``, as row groups of a Parquet file
-``<dir>/generations-<time>-<replica>.parquet.inprogress``. The file is closed, fsynced
-and renamed to ``.parquet`` every ``rotate_s`` or ``rotate_mb``, and when the replica
-stops: a file is complete exactly when its name ends in ``.parquet``. A kill loses the
-open file's records (at most ``rotate_s`` of them); a torn or foreign file is skipped
-by :func:`read`, never fatal.
+thread appends them every ``flush_s`` to the open file, an Arrow IPC stream
+``<dir>/generations-<time>-<replica>.arrows``, written through to disk (fsync) each time:
+readers (``genai generations``, ``GET /v1/generations``) see it up to its last flush, and a
+killed replica loses at most the records of its last ``flush_s``. Every ``rotate_s`` or
+``rotate_mb``, and when the replica stops, the stream is rewritten as Parquet
+(``.parquet``, renamed into place once fsynced); a stream file left by a killed replica
+is converted by the next replica that starts on the directory.
+
+With ``encryption`` set, Parquet files use modular encryption and the open stream is
+written in AES-GCM frames (genai/serve/logcrypt.py); with ``anonymize``, e-mail
+addresses, phone numbers and the like are stored as salted hashes
+(genai/serve/anonymize.py). A file that cannot be read (no key, torn, foreign) is
+reported by :func:`read`, never fatal.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -28,6 +36,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
+
+from genai.serve.anonymize import Anonymizer, salt_for
+from genai.serve.logcrypt import (
+    MAGIC,
+    Cipher,
+    LogKeyError,
+    is_encrypted_parquet,
+    load_key,
+    plaintext,
+)
 
 log = logging.getLogger("ray.serve")
 
@@ -89,11 +107,13 @@ FEEDBACK = pa.schema(
         ("key", pa.string()),
     ]
 )
+OPEN_SUFFIX = ".arrows"  # the open file: an Arrow IPC stream
 MAX_QUEUED = 100_000  # beyond this, records are dropped (and counted) rather than piling up
 
 
-class ParquetLog:
-    """Append-only Parquet files written by one background thread."""
+class RecordLog:
+    """Append-only log files written by one background thread: an open Arrow IPC stream,
+    durable after every flush, rotated into Parquet."""
 
     def __init__(
         self,
@@ -104,17 +124,22 @@ class ParquetLog:
         rotate_s: float = 300.0,
         rotate_bytes: int = 64 << 20,
         tag: str = "",
+        cipher: Cipher | None = None,
     ) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.prefix, self.schema, self.tag = prefix, schema, tag or uuid.uuid4().hex[:8]
         self.flush_s, self.rotate_s, self.rotate_bytes = flush_s, rotate_s, rotate_bytes
+        self.cipher = cipher
         self.dropped = 0
         self._queue: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._writer: pq.ParquetWriter | None = None
+        self._file: Any = None
+        self._ipc: pa.ipc.RecordBatchStreamWriter | None = None
+        self._buffer = io.BytesIO()
         self._path: Path | None = None
         self._opened = 0.0
         self._stop = threading.Event()
+        compact_orphans(self.dir, prefix, schema, cipher, older_than_s=rotate_s + 60)
         self._thread = threading.Thread(target=self._loop, name=f"{prefix}-log", daemon=True)
         self._thread.start()
 
@@ -140,12 +165,14 @@ class ParquetLog:
                 break
         try:
             if rows:
-                if self._writer is None:
+                if self._ipc is None:
                     self._open()
-                self._writer.write_table(pa.Table.from_pylist(rows, schema=self.schema))
-            if self._writer is not None and (
+                assert self._ipc is not None
+                self._ipc.write_table(pa.Table.from_pylist(rows, schema=self.schema))
+                self._sync()
+            if self._ipc is not None and (
                 time.monotonic() - self._opened >= self.rotate_s
-                or self._path.stat().st_size >= self.rotate_bytes
+                or self._file.tell() >= self.rotate_bytes
             ):
                 self._rotate()
         except Exception:  # a full disk must not take the replica down: log, drop, go on
@@ -154,23 +181,85 @@ class ParquetLog:
 
     def _open(self) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        self._path = self.dir / f"{self.prefix}-{stamp}-{self.tag}.parquet.inprogress"
-        self._writer = pq.ParquetWriter(self._path, self.schema, compression="zstd")
+        self._path = self.dir / f"{self.prefix}-{stamp}-{self.tag}{OPEN_SUFFIX}"
+        self._file = open(self._path, "wb")  # noqa: SIM115 (held open across flushes)
+        if self.cipher is not None:
+            self._file.write(MAGIC)
+        self._buffer = io.BytesIO()
+        self._ipc = pa.ipc.new_stream(self._buffer, self.schema)
         self._opened = time.monotonic()
 
+    def _sync(self) -> None:
+        """The stream's bytes since the last flush to disk (a frame when encrypted): a
+        kill after this loses none of them."""
+        data = self._buffer.getvalue()
+        self._buffer.seek(0)
+        self._buffer.truncate()
+        if data:
+            self._file.write(self.cipher.frame(data) if self.cipher is not None else data)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
     def _rotate(self) -> None:
-        if self._writer is None:
+        if self._ipc is None:
             return
-        self._writer.close()
-        with open(self._path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(self._path, self._path.with_suffix(""))  # drop ".inprogress"
-        self._writer = None
+        self._ipc.close()  # the end-of-stream marker
+        self._sync()
+        self._file.close()
+        self._ipc = None
+        assert self._path is not None
+        to_parquet(self._path, self.schema, self.cipher)
 
     def close(self) -> None:
         """Write what is queued and complete the open file."""
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+def to_parquet(path: Path, schema: pa.Schema, cipher: Cipher | None) -> Path:
+    """An open (or orphaned) stream file, rewritten as Parquet (encrypted like it): written
+    beside it, fsynced, renamed, and only then the stream file removed. A reader that
+    finds both reads the Parquet file only."""
+    table = read_stream(path, schema, cipher)
+    done = path.with_name(path.name.removesuffix(OPEN_SUFFIX) + ".parquet")
+    tmp = done.with_name(done.name + ".tmp")
+    props = cipher.parquet_encryption() if cipher is not None else None
+    with pq.ParquetWriter(tmp, schema, compression="zstd", encryption_properties=props) as w:
+        w.write_table(table)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, done)
+    path.unlink()
+    return done
+
+
+def compact_orphans(
+    directory: Path, prefix: str, schema: pa.Schema, cipher: Cipher | None, older_than_s: float
+) -> None:
+    """Stream files whose writer is gone (untouched for longer than a rotation) become
+    Parquet; a live writer rotates its own file well before then."""
+    now = time.time()
+    for path in directory.glob(f"{prefix}-*{OPEN_SUFFIX}"):
+        try:
+            if now - path.stat().st_mtime > older_than_s:
+                to_parquet(path, schema, cipher)
+        except (OSError, pa.ArrowException, LogKeyError):
+            pass  # another replica compacted it, or it is not ours to read: readers skip it
+
+
+def read_stream(path: Path, schema: pa.Schema, cipher: Cipher | None) -> pa.Table:
+    """Every complete record batch of a stream file; a batch torn by a kill is left out."""
+    data = plaintext(path.read_bytes(), cipher)
+    batches = []
+    try:
+        reader = pa.ipc.open_stream(pa.BufferReader(data))
+        for batch in reader:
+            batches.append(batch)
+    except (pa.ArrowInvalid, pa.ArrowException, OSError):
+        pass  # the torn tail: what came before it stands
+    if not batches:
+        return schema.empty_table()
+    return pa.Table.from_batches(batches).cast(schema)
 
 
 class GenerationLog:
@@ -185,15 +274,28 @@ class GenerationLog:
         self.mode: str = spec.mode
         self.save_images: bool = spec.save_images and spec.mode == "full"
         self.replica = replica
-        kw = dict(
+        kw: dict[str, Any] = dict(
             flush_s=spec.flush_s,
             rotate_s=spec.rotate_s,
             rotate_bytes=int(spec.rotate_mb * (1 << 20)),
             tag=replica.replace("/", "_")[-24:],
         )
         self.dir = Path(spec.dir)
-        self.generations = ParquetLog(self.dir, "generations", schema, **kw)
-        self.feedback = ParquetLog(self.dir, "feedback", FEEDBACK, **kw)
+        encryption = getattr(spec, "encryption", None)
+        cipher = (
+            Cipher(load_key(encryption.key_file, encryption.key_env), encryption.kms_client)
+            if encryption is not None
+            else None
+        )
+        self.anonymize = (
+            Anonymizer(salt_for(self.dir, spec.salt_env))
+            if getattr(spec, "anonymize", False)
+            else None
+        )
+        self.cipher = cipher
+        kw["cipher"] = cipher
+        self.generations = RecordLog(self.dir, "generations", schema, **kw)
+        self.feedback = RecordLog(self.dir, "feedback", FEEDBACK, **kw)
 
     def record(self, rec: dict[str, Any]) -> None:
         """One request's record: the common fields and its family's log fields, by name;
@@ -205,6 +307,9 @@ class GenerationLog:
         row["params"] = json.dumps(rec.get("params") or {}, sort_keys=True)
         if self.mode == "metadata":
             row["prompt"] = row["output"] = None
+        if self.anonymize is not None:
+            for name in ("prompt", "output", "error"):
+                row[name] = self.anonymize(row[name])
         self.generations.add(row)
         if self.save_images:
             for rel, blob in (rec.get("attachments") or {}).items():
@@ -214,6 +319,8 @@ class GenerationLog:
 
     def score(self, id_: str, score: float, comment: str | None, key: str) -> None:
         now = datetime.now(timezone.utc)
+        if self.anonymize is not None:
+            comment = self.anonymize(comment)
         self.feedback.add({"id": id_, "time": now, "score": score, "comment": comment, "key": key})
 
     def close(self) -> None:
@@ -224,15 +331,42 @@ class GenerationLog:
 # ---------------------------------------------------------------------------- reading
 
 
-def _read_all(directory: Path, prefix: str, schema: pa.Schema) -> tuple[pa.Table, list[Path]]:
+def _read_all(
+    directory: Path, prefix: str, schema: pa.Schema, cipher: Cipher | None
+) -> tuple[pa.Table, list[tuple[Path, str]]]:
+    """Every record of the completed (Parquet) and open (stream) files; the files that
+    could not be read, and why."""
     tables, skipped = [], []
-    for path in sorted(directory.glob(f"{prefix}-*.parquet")):
+    # the open files first: one rotated after this listing has its Parquet file below
+    open_files = sorted(directory.glob(f"{prefix}-*{OPEN_SUFFIX}"))
+    done = sorted(directory.glob(f"{prefix}-*.parquet"))
+    stems = {p.name.removesuffix(".parquet") for p in done}
+    for path in done:
         try:
-            tables.append(pq.read_table(path, schema=schema))
+            tables.append(_read_parquet(path, schema, cipher))
+        except LogKeyError as exc:
+            skipped.append((path, str(exc)))
         except (pa.ArrowException, OSError):
-            skipped.append(path)  # torn (killed mid-write and renamed by hand) or foreign
-    skipped += sorted(directory.glob(f"{prefix}-*.parquet.inprogress"))  # still being written
+            skipped.append((path, "torn or foreign"))  # e.g. killed mid-write, renamed by hand
+    for path in open_files:
+        stem = path.name.removesuffix(OPEN_SUFFIX)
+        if stem in stems:
+            continue  # rotated a moment ago: its Parquet file holds the same records
+        try:
+            tables.append(read_stream(path, schema, cipher))
+        except LogKeyError as exc:
+            skipped.append((path, str(exc)))
+        except FileNotFoundError:  # rotated since the listing: read what it became
+            tables.append(_read_parquet(path.with_name(stem + ".parquet"), schema, cipher))
     return (pa.concat_tables(tables) if tables else schema.empty_table()), skipped
+
+
+def _read_parquet(path: Path, schema: pa.Schema, cipher: Cipher | None) -> pa.Table:
+    if not is_encrypted_parquet(path):
+        return pq.read_table(path, schema=schema)
+    if cipher is None:
+        raise LogKeyError("encrypted (set the generation log key)")
+    return pq.read_table(path, schema=schema, decryption_properties=cipher.parquet_decryption())
 
 
 def read(
@@ -241,16 +375,18 @@ def read(
     since: datetime | None = None,
     min_score: float | None = None,
     max_score: float | None = None,
-) -> tuple[pa.Table, list[Path]]:
-    """Generations, newest last, with each one's latest feedback (``score``, ``comment``);
-    also the files that were skipped (torn, or still open)."""
+    cipher: Cipher | None = None,
+) -> tuple[pa.Table, list[tuple[Path, str]]]:
+    """Generations, newest last, with each one's latest feedback (``score``, ``comment``):
+    the completed files and the open ones (up to their last flush). Also the files that
+    could not be read, and why (encrypted without the key, torn, foreign)."""
     import pyarrow.compute as pc
 
     directory = Path(directory)
     from genai.serve.routes import log_fields
 
-    gens, skipped = _read_all(directory, "generations", generations_schema(log_fields()))
-    fb, skipped_fb = _read_all(directory, "feedback", FEEDBACK)
+    gens, skipped = _read_all(directory, "generations", generations_schema(log_fields()), cipher)
+    fb, skipped_fb = _read_all(directory, "feedback", FEEDBACK, cipher)
     if model is not None:
         gens = gens.filter(pc.equal(gens["model"], model))
     if since is not None:
@@ -270,3 +406,27 @@ def read(
     if max_score is not None:
         gens = gens.filter(pc.less_equal(gens["score"], max_score))
     return gens.sort_by("time"), skipped + skipped_fb
+
+
+def recent(
+    directory: str | Path,
+    limit: int,
+    model: str | None = None,
+    key: str | None = None,
+    cipher: Cipher | None = None,
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` generations (of ``key``, if given), newest first, as JSON-ready
+    rows: what the playground lists."""
+    import pyarrow.compute as pc
+
+    table, _ = read(directory, model, cipher=cipher)
+    if key is not None:
+        table = table.filter(pc.equal(table["key"], key))
+    table = table.slice(max(0, table.num_rows - limit))
+    shown = ("id", "time", "key", "model", "route", "status", "latency_s", "prompt", "output")
+    out = []
+    for row in reversed(table.to_pylist()):
+        item = {k: row.get(k) for k in (*shown, "score", "comment")}
+        item["time"] = row["time"].isoformat()
+        out.append(item)
+    return out

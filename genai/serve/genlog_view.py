@@ -3,6 +3,7 @@ CSV, or printed as a table."""
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Any
 import pyarrow as pa
 
 from genai.serve import genlog
+from genai.serve.logcrypt import Cipher, load_key
+
+KEY_ENV = "GENAI_LOG_KEY"
 
 
 def since(text: str) -> datetime:
@@ -33,15 +37,20 @@ def select(
     min_score: float | None = None,
     max_score: float | None = None,
     limit: int = 0,
+    key_file: str | None = None,
 ) -> pa.Table:
-    """The log's rows that match, oldest first (the newest ``limit`` of them, if given)."""
+    """The log's rows that match, oldest first (the newest ``limit`` of them, if given).
+    An encrypted log is read with the key from ``key_file`` or ``$GENAI_LOG_KEY``."""
     if not directory.is_dir():
         raise FileNotFoundError(f"--dir: no generation log at {directory}")
+    cipher = None
+    if key_file or os.environ.get(KEY_ENV):
+        cipher = Cipher(load_key(key_file, KEY_ENV))
     table, skipped = genlog.read(
-        directory, model, since(after) if after else None, min_score, max_score
+        directory, model, since(after) if after else None, min_score, max_score, cipher
     )
-    for path in skipped:
-        print(f"genai: skipped {path.name} (still being written, or torn)", file=sys.stderr)
+    for path, why in skipped:
+        print(f"genai: skipped {path.name} ({why})", file=sys.stderr)
     return table.slice(max(0, table.num_rows - limit)) if limit else table
 
 
@@ -61,6 +70,40 @@ def export(table: pa.Table, out: Path) -> None:
         pacsv.write_csv(table, out)
     else:
         raise ValueError(f"--out: {out.name} must end in .parquet or .csv")
+
+
+def export_dataset(table: pa.Table, out: Path) -> int:
+    """Logged generations as a synthetic corpus (``data.synthetic`` of a job spec): one
+    JSONL record per successful text generation, ``text`` = prompt + output, with the
+    generation id, model and score it came from; ``dataset.json`` marks it synthetic."""
+    import json
+
+    rows = [
+        r
+        for r in table.to_pylist()
+        if r["status"] == 200 and isinstance(r["output"], str) and r["output"]
+    ]
+    if not rows:
+        raise ValueError("--dataset: no generation matched with text to export (metadata mode?)")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "generations.jsonl").open("w", encoding="utf-8") as fh:
+        for r in rows:
+            record = {
+                "text": (r["prompt"] or "") + r["output"],
+                "generation_id": r["id"],
+                "model": r["model"],
+                "score": r["score"],
+                "time": r["time"].isoformat(),
+                "origin": "synthetic",
+            }
+            fh.write(json.dumps(record) + "\n")
+    summary = {
+        "origin": "synthetic",
+        "documents": len(rows),
+        "models": sorted({r["model"] or "" for r in rows}),
+    }
+    (out / "dataset.json").write_text(json.dumps(summary, indent=2))
+    return len(rows)
 
 
 def show(rows: list[dict[str, Any]], width: int) -> None:

@@ -1,8 +1,11 @@
-"""API keys with names, and per-key rate limits.
+"""API keys with names, scopes and per-key rate limits.
 
 Keys come from an environment variable (``name:key`` pairs, comma-separated) or a YAML
-file (``name: key`` or ``name: {key: ..., requests_per_minute: ...}``), never from the
-command line. The application keeps only their SHA-256 digests: the keys themselves
+file (``name: key`` or ``name: {key: ..., requests_per_minute: ..., models: [...],
+actions: [...]}``), never from the command line. A key's scope: the models it may use (ids
+or globs, default every one) and the actions it may take (``generate``, ``feedback``,
+``log``: read its own generations, ``admin``: add and remove adapters, read every key's
+generations); without ``actions`` a key may do all but ``admin``. The application keeps only their SHA-256 digests: the keys themselves
 never reach Serve's state or a replica's arguments.
 
 Requests and tokens are counted per key **name**; a key's rate limit is a token bucket
@@ -12,6 +15,7 @@ not adding a shared counter, and a network hop, to every request).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import math
 import os
@@ -30,23 +34,85 @@ import yaml
 current_key: ContextVar[str] = ContextVar("genai_key", default="")
 
 
+ACTIONS = ("generate", "feedback", "log", "admin")
+# what a key may do unless its entry says: everything but admin (adding and removing
+# adapters, reading other keys' generations), which is granted by name only
+DEFAULT_ACTIONS = ("generate", "feedback", "log")
+# current_key's models (globs) and actions, for the model replica's check of the model
+current_scope: ContextVar[tuple[str, ...]] = ContextVar("genai_key_models", default=("*",))
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
     digest: str  # sha256 hex of the key
     requests_per_minute: float = 0.0  # 0: no limit
+    models: tuple[str, ...] = ("*",)  # model ids or globs (fnmatch) it may use
+    actions: tuple[str, ...] = DEFAULT_ACTIONS
+
+    def may(self, action: str) -> bool:
+        return action in self.actions
+
+    def may_use(self, model: str) -> bool:
+        return allows(self.models, model)
+
+    def refusal(self, action: str) -> str:
+        return (
+            f"key {self.name!r} may not {_VERB[action]}: its actions are "
+            f"{', '.join(self.actions) or 'none'} (the keys file's 'actions')"
+        )
+
+
+_VERB = {
+    "generate": "generate (action 'generate')",
+    "feedback": "send feedback (action 'feedback')",
+    "log": "read the generation log (action 'log')",
+    "admin": "administer the server (action 'admin')",
+}
+
+
+def allows(patterns: tuple[str, ...], model: str) -> bool:
+    return any(fnmatch.fnmatchcase(model, p) for p in patterns)
+
+
+def model_refusal(name: str, model: str, allowed: tuple[str, ...]) -> str:
+    return (
+        f"key {name!r} may not use model {model!r}: its models are {', '.join(allowed)} "
+        "(the keys file's 'models')"
+    )
 
 
 def digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _entry(name: str, key: str, rpm: float, source: str) -> Key:
+def _entry(
+    name: str,
+    key: str,
+    rpm: float,
+    source: str,
+    models: Any = ("*",),
+    actions: Any = DEFAULT_ACTIONS,
+) -> Key:
     if not name or not key:
         raise ValueError(f"{source}: an API key entry needs a name and a key")
     if len(key) < 8:
         raise ValueError(f"{source}: key {name!r} is shorter than 8 characters")
-    return Key(name=name, digest=digest(key), requests_per_minute=float(rpm))
+    for field, value in (("models", models), ("actions", actions)):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"{source}: key {name!r}: {field} must be a list of strings")
+    unknown = sorted(set(actions) - set(ACTIONS))
+    if unknown:
+        raise ValueError(
+            f"{source}: key {name!r}: unknown actions {unknown} (choose from {', '.join(ACTIONS)})"
+        )
+    return Key(
+        name=name,
+        digest=digest(key),
+        requests_per_minute=float(rpm),
+        models=tuple(models),
+        actions=tuple(a for a in ACTIONS if a in actions),
+    )
 
 
 def load_keys(
@@ -73,11 +139,12 @@ def load_keys(
             raise ValueError(f"api_keys_file {file!r} must map key names to keys")
         for name, value in data.items():
             if isinstance(value, dict):
-                unknown = set(value) - {"key", "requests_per_minute"}
+                unknown = set(value) - {"key", "requests_per_minute", "models", "actions"}
                 if unknown:
                     raise ValueError(f"{file}: key {name!r} has unknown fields {sorted(unknown)}")
                 rpm = value.get("requests_per_minute", default_rpm)
-                keys.append(_entry(str(name), str(value.get("key", "")), rpm, file))
+                scope = {k: value[k] for k in ("models", "actions") if k in value}
+                keys.append(_entry(str(name), str(value.get("key", "")), rpm, file, **scope))
             else:
                 keys.append(_entry(str(name), str(value or ""), default_rpm, file))
     names = [k.name for k in keys]
@@ -91,11 +158,16 @@ def to_settings(keys: list[Key]) -> list[dict[str, Any]]:
     return [asdict(k) for k in keys]
 
 
+def from_settings(entry: dict[str, Any]) -> Key:
+    return Key(**{**entry, "models": tuple(entry["models"]), "actions": tuple(entry["actions"])})
+
+
 class KeyRing:
     """Lookup by presented key, and a token bucket per key name (thread-safe)."""
 
     def __init__(self, keys: list[dict[str, Any]] | list[Key]) -> None:
-        self.keys = [k if isinstance(k, Key) else Key(**k) for k in keys]
+        self.keys = [k if isinstance(k, Key) else from_settings(k) for k in keys]
+        self.by_name = {k.name: k for k in self.keys}
         self._buckets: dict[str, tuple[float, float]] = {}  # name -> (tokens, last time)
         self._lock = threading.Lock()
 

@@ -1,5 +1,6 @@
-"""The gateway's ASGI middleware: body size, API keys and their rate limits, and the JSON
-content type, checked before routing."""
+"""The gateway's ASGI middleware: body size, API keys (their actions and rate limits), and
+the JSON content type, checked before routing. A key's models are checked where the model
+a request names is resolved (the model replica), and /v1/models lists only those."""
 
 from __future__ import annotations
 
@@ -7,7 +8,21 @@ from typing import Any
 
 # modules, not their names: ``current_key`` is a ContextVar set per request
 from genai.serve import keys, metrics
+from genai.serve import routes as surface
 from genai.serve.openai import error_response
+
+
+def action_of(method: str, path: str) -> str | None:
+    """The key action a request takes (None: any valid key may, e.g. GET /v1/models)."""
+    if path.startswith("/v1/adapters"):
+        return "admin"
+    if path == "/v1/feedback":
+        return "feedback"
+    if path.startswith("/v1/generations"):
+        return "log"
+    if method == "POST" and path in surface.routes():
+        return "generate"
+    return None
 
 
 class LimitsAndAuth:
@@ -49,7 +64,13 @@ class LimitsAndAuth:
                 )
                 await reply(scope, receive, send)
                 return
+            action = action_of(scope["method"], scope["path"])
+            if action is not None and not key.may(action):
+                reply = error_response(403, key.refusal(action), None, "permission_error")
+                await reply(scope, receive, send)
+                return
             keys.current_key.set(key.name)
+            keys.current_scope.set(key.models)
             wait = ring.retry_after(key)
             if wait > 0:
                 # label values are ours, never the client's text (cardinality, encoding)

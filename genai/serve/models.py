@@ -150,6 +150,14 @@ class Models:
                     "model",
                 )
             model = fitting[0]
+        allowed = keys.current_scope.get()
+        if not keys.allows(allowed, model):  # before the 404: says nothing of other models
+            raise APIError(
+                403,
+                keys.model_refusal(keys.current_key.get(), model, allowed),
+                "model",
+                "permission_error",
+            )
         if model not in served:
             raise APIError(
                 404,
@@ -168,19 +176,26 @@ class Models:
 
     # ------------------------------------------------------------------ requests
 
-    async def handle(self, path: str, body: dict[str, Any], key: str) -> dict[str, Any]:
-        """The route's replica function on an already-validated body."""
+    async def handle(
+        self, path: str, body: dict[str, Any], key: str, models: tuple[str, ...] = ("*",)
+    ) -> dict[str, Any]:
+        """The route's replica function on an already-validated body; ``models``: the
+        key's model globs."""
         keys.current_key.set(key)
+        keys.current_scope.set(tuple(models))
         route = route_at(path)
         try:
             return await load_attr(route.replica)(self, route, body)
         except APIError as exc:
             return _refusal(exc)
 
-    async def stream(self, path: str, body: dict[str, Any], key: str) -> AsyncIterator[dict]:
+    async def stream(
+        self, path: str, body: dict[str, Any], key: str, models: tuple[str, ...] = ("*",)
+    ) -> AsyncIterator[dict]:
         """First ``{"opened": ...}`` or ``{"error": ...}`` (so that a bad request fails
         before any output), then the route's events."""
         keys.current_key.set(key)
+        keys.current_scope.set(tuple(models))
         route = route_at(path)
         assert route.replica_stream is not None, f"{path} does not stream"
         events = load_attr(route.replica_stream)(self, route, body)

@@ -37,19 +37,46 @@ class AutoscalingSpec(Section):
         return self
 
 
+class LogEncryptionSpec(Section):
+    """The generation log's master key (32 bytes, base64): from a file, else from an env
+    var. Neither is ever logged or sent to Serve."""
+
+    key_file: str | None = Field(None, description="file holding the base64 key")
+    key_env: str = Field("GENAI_LOG_KEY", description="env var holding the base64 key")
+    kms_client: str | None = Field(
+        None,
+        description="module:Class of a pyarrow.parquet.encryption.KmsClient for a real KMS "
+        "(default: the local key wraps Parquet's data keys)",
+    )
+
+
 class GenerationLogSpec(Section):
     """What each request leaves in the generation log (:mod:`genai.serve.genlog`)."""
 
     mode: Literal["full", "metadata", "off"] = Field(
         "full", description="full: prompts and outputs too; metadata: neither; off: no log"
     )
-    dir: str = Field("runs/generations", description="where the Parquet files go")
+    dir: str = Field("runs/generations", description="where the log files go")
     save_images: bool = Field(False, description="also keep each generated PNG (full mode)")
-    flush_s: float = Field(1.0, gt=0, le=60, description="seconds between batched writes")
+    flush_s: float = Field(
+        1.0, gt=0, le=60, description="seconds between writes to disk (a kill loses at most this)"
+    )
     rotate_s: float = Field(
-        300.0, gt=0, description="close a file after this long (a kill loses at most this)"
+        300.0, gt=0, description="rewrite the open stream as Parquet after this long"
     )
     rotate_mb: float = Field(64.0, gt=0, description="close a file once it is this large")
+    encryption: LogEncryptionSpec | None = Field(
+        None, description="encrypt the log at rest (Parquet modular encryption)"
+    )
+    anonymize: bool = Field(
+        False,
+        description="store e-mail addresses, phone numbers, IP addresses, card numbers and "
+        "IBANs in prompts and outputs as salted hashes (the client's text is unchanged)",
+    )
+    salt_env: str = Field(
+        "GENAI_LOG_SALT",
+        description="env var holding the anonymization salt (else one is made and kept in dir)",
+    )
 
     @field_validator("mode", mode="before")
     @classmethod

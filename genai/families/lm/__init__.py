@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from genai.data.dedup import DedupSpec
 from genai.families.base import Family
 from genai.families.lm.schemas import (
     ChatCompletionRequest,
@@ -122,6 +123,18 @@ class DataSpec(Section):
         "storage every node sees",
     )
     seed: int = Field(0, ge=0)
+    dedup: DedupSpec = Field(
+        default_factory=DedupSpec,
+        description="exact and near-duplicate removal (text corpora), before the split",
+    )
+    synthetic: str | None = PathField(
+        None,
+        description="a corpus of generated text (`genai generations export --dataset`), "
+        "trained on beside the real source and marked synthetic in the manifest",
+    )
+    hold_out_synthetic: bool = Field(
+        False, description="true: synthetic documents may be held out too (default: real only)"
+    )
 
 
 class DecodingSpec(Section):

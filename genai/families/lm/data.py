@@ -42,7 +42,18 @@ def prepare(spec: Any, log=print) -> dict[str, Any]:
         "token_bytes": token_byte_lengths(data.tokenizer()),
         "xz_bpb": data.xz_bpb,
         "base": base,
+        "dataset": dataset_record(data.dir, data.dataset),
     }
+
+
+def dataset_record(directory: Path, version: str | None) -> dict[str, Any] | None:
+    """The dataset version and its manifest's bytes, for the checkpoint to keep a copy."""
+    from genai.data import manifest
+
+    path = directory / manifest.MANIFEST
+    if version is None or not path.is_file():
+        return None
+    return {"version": version, "manifest": path.read_bytes()}
 
 
 def base_record(path: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from genai.checkpoint import ADAPTER, WEIGHTS, file_sha256
+from genai.checkpoint import ADAPTER, DATASET, WEIGHTS, file_sha256
 from genai.config import JobSpec
 from genai.data.batches import BlockSampler, StepSampler, eval_batches
 from genai.data.stream import StreamSampler
@@ -53,6 +53,7 @@ class LMTask:
             )
             self.val = [{"input_ids": b, "labels": b} for b in val]
         self.base: dict[str, Any] | None = data.get("base")
+        self.dataset: dict[str, Any] | None = data.get("dataset")
         model = build_lm(spec.model, data["vocab_size"], data["eos_id"])
         if spec.model.lora is not None:
             model = with_lora(model, spec.model.lora, self.base)
@@ -133,6 +134,10 @@ class LMTask:
             (directory / name).write_bytes(blob)
         module = self.engine.module
         record: dict[str, Any] = {"base": self.base}
+        if self.dataset:
+            # the manifest: which documents this model trained on, which it held out
+            (directory / DATASET).write_bytes(self.dataset["manifest"])
+            record["dataset"] = {"version": self.dataset["version"], "file": DATASET}
         if self.spec.model.lora is not None:
             assert state is not None
             module.save_pretrained(directory, state_dict=state)  # the adapter's tensors only
