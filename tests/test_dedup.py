@@ -156,7 +156,7 @@ def test_genai_data_dedup_runs_the_stages_on_ray_data(ray_session, tmp_path, cap
     root = planted(tmp_path / "corpus")
     out = tmp_path / "dedup.parquet"
     assert (
-        main(["data", "dedup", str(root), "--set", "dedup.threshold=0.8", "--out", str(out)]) == 0
+        main(["data", "dedup", str(root), "--set", "dedup.num_perm=256", "--out", str(out)]) == 0
     )
     printed = capsys.readouterr().out
     assert "dedup: 18 files under" in printed and "dropped 3 documents" in printed

@@ -166,7 +166,8 @@ def _split(
             clusters.setdefault(c, []).append(i)
     units = list(clusters.values())
     eligible = [
-        k for k, members in enumerate(units)
+        k
+        for k, members in enumerate(units)
         if spec.hold_out_synthetic or not any(synthetic[i] for i in members)
     ]
     if not eligible:
@@ -203,5 +204,7 @@ def manifest_path(path: str, root: Path, synthetic_root: Path | None = None) -> 
     relative to data.synthetic."""
     p = Path(path)
     if synthetic_root is not None and (p == synthetic_root or synthetic_root in p.parents):
-        return str(Path("synthetic") / (p.relative_to(synthetic_root) if p != synthetic_root else p.name))
+        return str(
+            Path("synthetic") / (p.relative_to(synthetic_root) if p != synthetic_root else p.name)
+        )
     return str(p.relative_to(root)) if root in p.parents else path

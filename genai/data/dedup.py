@@ -28,6 +28,7 @@ import functools
 import hashlib
 import re
 import unicodedata
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,7 +39,6 @@ from pydantic import Field, model_validator
 from genai.specbase import Section
 
 _WORD = re.compile(r"[^\W_]+")  # BigCode's shingles: runs of letters and digits, lowercased
-_SPACE = re.compile(r"\s+")
 
 
 class DedupSpec(Section):
@@ -97,7 +97,10 @@ def optimal_bands(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 def normalize(text: str) -> str:
-    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text)).strip()
+    """NFKC, and every run of whitespace one space (no leading or trailing space)."""
+    if not unicodedata.is_normalized("NFKC", text):  # a cheap check; most text already is
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.split())
 
 
 def exact_key(text: str) -> str:
@@ -105,30 +108,79 @@ def exact_key(text: str) -> str:
     return hashlib.sha256(normalize(text).encode("utf-8", "replace")).hexdigest()[:32]
 
 
+def _units(text: str, unit: str) -> list[str] | str:
+    return normalize(text) if unit == "char" else _WORD.findall(text.lower())
+
+
 def shingles(text: str, ngram: int, unit: str) -> list[str]:
-    """The document's set of n-grams (a document shorter than n is one shingle)."""
-    if unit == "char":
-        units: Sequence[str] = normalize(text)
-        joiner = ""
-    else:
-        units = _WORD.findall(text.lower())
-        joiner = " "
+    """The document's set of n-grams as strings (a document shorter than n is one
+    shingle): what a MinHash library is usually fed (bench/dedup.py's baseline)."""
+    units = _units(text, unit)
+    joiner = "" if unit == "char" else " "
     if len(units) <= ngram:
         return [joiner.join(units)]
     return list({joiner.join(units[i : i + ngram]) for i in range(len(units) - ngram + 1)})
 
 
-def jaccard(a: Iterable[str], b: Iterable[str]) -> float:
+_MUL = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit moves every output bit."""
+    h = h ^ (h >> np.uint64(30))
+    h = h * np.uint64(0xBF58476D1CE4E5B9)
+    h = h ^ (h >> np.uint64(27))
+    h = h * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+def shingle_hashes(text: str, ngram: int, unit: str) -> np.ndarray:
+    """The same n-gram set as :func:`shingles`, as sorted unique 64-bit hashes: each unit
+    hashed once (CRC-32 of a word, a character's code point), the n-grams combined in
+    numpy. The same text gives the same hashes in every process."""
+    units = _units(text, unit)
+    if unit == "char":
+        codes = np.frombuffer(units.encode("utf-32-le"), np.uint32).astype(np.uint64)
+    else:
+        codes = np.fromiter((zlib.crc32(w.encode()) for w in units), np.uint64, len(units))
+    n = min(ngram, len(codes))
+    if n == 0:
+        return np.zeros(1, np.uint64)
+    h = np.zeros(len(codes) - n + 1, np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):  # a polynomial of the n units, wrapping mod 2^64
+            h = h * _MUL + codes[k : len(codes) - n + 1 + k] + np.uint64(1)
+        return np.unique(_mix(h))
+
+
+def jaccard(a: Iterable[Any], b: Iterable[Any]) -> float:
     sa, sb = set(a), set(b)
     return len(sa & sb) / max(1, len(sa | sb))
 
 
-def _minhash(shingle_set: list[str], spec: DedupSpec) -> Any:
+def _jaccard_sorted(a: np.ndarray, b: np.ndarray) -> float:
+    both = len(np.intersect1d(a, b, assume_unique=True))
+    return both / max(1, len(a) + len(b) - both)
+
+
+def digests(hash_sets: Sequence[np.ndarray], spec: DedupSpec) -> np.ndarray:
+    """MinHash signatures (rensa, in one call) of shingle-hash sets: (documents, num_perm)."""
     from rensa import RMinHash
 
-    m = RMinHash(num_perm=spec.num_perm, seed=spec.seed)
-    m.update(shingle_set)
-    return m
+    offsets = np.cumsum([0, *map(len, hash_sets)], dtype=np.uint64)
+    flat = np.concatenate(hash_sets) if hash_sets else np.zeros(0, np.uint64)
+    matrix = RMinHash.digest_matrix_from_flat_token_hashes(flat, offsets, spec.num_perm, spec.seed)
+    return np.asarray(matrix.to_rows(), dtype=np.uint32).reshape(len(hash_sets), spec.num_perm)
+
+
+def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """Each band of ``rows`` signature values as one 64-bit hash: (documents, bands)."""
+    cut = sig[:, : bands * rows].reshape(len(sig), bands, rows).astype(np.uint64)
+    h = np.zeros((len(sig), bands), np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(rows):
+            h = h * _MUL + cut[:, :, k] + np.uint64(1)
+        return _mix(h)
 
 
 def signatures(batch: dict[str, Any], spec: DedupSpec) -> dict[str, Any]:
@@ -142,20 +194,17 @@ def signatures(batch: dict[str, Any], spec: DedupSpec) -> dict[str, Any]:
     out["size"] = np.asarray([len(b) for b in raw], np.int64)
     out["sha256"] = np.asarray([hashlib.sha256(b).hexdigest() for b in raw])
     out["exact"] = np.asarray([exact_key(t) for t in texts])
-    hashes = np.zeros((len(texts), bands if spec.near else 0), dtype=np.uint64)
-    if spec.near:
-        for i, text in enumerate(texts):
-            digest = np.asarray(
-                _minhash(shingles(text, spec.ngram, spec.unit), spec).digest(), np.uint32
-            )
-            for j in range(bands):
-                piece = digest[j * rows : (j + 1) * rows].tobytes()
-                hashes[i, j] = int.from_bytes(hashlib.blake2b(piece, digest_size=8).digest())
-    out["bands"] = hashes
+    if spec.near and texts:
+        sig = digests([shingle_hashes(t, spec.ngram, spec.unit) for t in texts], spec)
+        out["bands"] = band_hashes(sig, bands, rows)
+    else:
+        out["bands"] = np.zeros((len(texts), bands if spec.near else 0), np.uint64)
     return out
 
 
-def candidate_pairs(exact: Sequence[str], bands: np.ndarray) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+def candidate_pairs(
+    exact: Sequence[str], bands: np.ndarray
+) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
     """(exact pairs, near candidate pairs) over row positions: star pairs per bucket."""
     exact_pairs: set[tuple[int, int]] = set()
     first: dict[str, int] = {}
@@ -176,23 +225,26 @@ def candidate_pairs(exact: Sequence[str], bands: np.ndarray) -> tuple[set[tuple[
     return exact_pairs, near - exact_pairs
 
 
-def verify(batch: dict[str, Any], spec: DedupSpec, read: Callable[[str, int], str]) -> dict[str, Any]:
+def verify(
+    batch: dict[str, Any], spec: DedupSpec, read: Callable[[str, int], str]
+) -> dict[str, Any]:
     """Ray Data batch fn over candidate pairs (``path_a``, ``record_a``, ``path_b``,
-    ``record_b``): adds ``jaccard`` (true, of the shingle sets) and ``estimate`` (MinHash)."""
-    cache: dict[tuple[str, int], list[str]] = {}
+    ``record_b``): adds ``jaccard`` (true, of the shingle sets) and ``estimate`` (the share
+    of equal MinHash values)."""
+    cache: dict[tuple[str, int], np.ndarray] = {}
 
-    def shingle_set(path: str, record: int) -> list[str]:
+    def hashes(path: str, record: int) -> np.ndarray:
         if (path, record) not in cache:
-            cache[(path, record)] = shingles(read(path, record), spec.ngram, spec.unit)
+            cache[(path, record)] = shingle_hashes(read(path, record), spec.ngram, spec.unit)
         return cache[(path, record)]
 
-    true, estimate = [], []
-    for pa_, ra, pb, rb in zip(
-        batch["path_a"], batch["record_a"], batch["path_b"], batch["record_b"], strict=True
-    ):
-        sa, sb = shingle_set(str(pa_), int(ra)), shingle_set(str(pb), int(rb))
-        true.append(jaccard(sa, sb))
-        estimate.append(_minhash(sa, spec).jaccard(_minhash(sb, spec)))
+    pairs = list(
+        zip(batch["path_a"], batch["record_a"], batch["path_b"], batch["record_b"], strict=True)
+    )
+    sets = [(hashes(str(a), int(ra)), hashes(str(b), int(rb))) for a, ra, b, rb in pairs]
+    true = [_jaccard_sorted(x, y) for x, y in sets]
+    sig = digests([h for pair in sets for h in pair], spec).reshape(len(sets), 2, spec.num_perm)
+    estimate = (sig[:, 0] == sig[:, 1]).mean(axis=1) if len(sets) else np.zeros(0)
     return {**batch, "jaccard": np.asarray(true), "estimate": np.asarray(estimate)}
 
 

@@ -26,7 +26,8 @@ from genai.data.dedup import (
 
 Reader = Callable[[str], Iterator[str]]  # a file's documents, in record order
 
-_BATCH = 32  # documents per signature task: small files dominate code corpora
+_MAX_FILES_PER_TASK = 256  # a task's share of a large corpus (its memory: these files' text)
+_LOCAL_PAIRS = 2_000  # fewer candidate pairs are verified here: a Ray Data job costs more
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,10 @@ def deduplicate(
     one kept per cluster. Only per-document rows (never text) reach this process."""
     t0 = time.perf_counter()
     rows = _map(
-        [{"file": i, "path": f.path, "count": -1 if f.count is None else f.count} for i, f in enumerate(files)],
+        [
+            {"file": i, "path": f.path, "count": -1 if f.count is None else f.count}
+            for i, f in enumerate(files)
+        ],
         functools.partial(_signatures_of_files, read=read, spec=spec),
     )
     order = np.lexsort((rows["record"], rows["file"]))
@@ -91,6 +95,7 @@ def deduplicate(
                 for a, b in sorted(near)
             ],
             functools.partial(verify, spec=spec, read=functools.partial(_read_one, read=read)),
+            local=len(near) < _LOCAL_PAIRS,
         )
     result = cluster_documents(
         docs.paths, docs.records, docs.sizes, docs.synthetic, exact, bands, checked, spec
@@ -132,18 +137,26 @@ def _read_one(path: str, record: int, read: Reader) -> str:
     raise ValueError(f"{path} has no document {record} (changed while being deduplicated?)")
 
 
-def _map(items: Sequence[dict[str, Any]], fn: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, np.ndarray]:
-    """``fn`` over ``items`` in batches: Ray Data tasks when Ray is up, else here."""
+def _map(
+    items: Sequence[dict[str, Any]],
+    fn: Callable[[dict[str, Any]], dict[str, Any]],
+    local: bool = False,
+) -> dict[str, np.ndarray]:
+    """``fn`` over ``items`` in batches: Ray Data tasks when Ray is up (a few per CPU, so
+    that they are long enough to amortize a task's cost), else, or if ``local``, here."""
     import ray
 
-    if not ray.is_initialized():
+    if local or not ray.is_initialized():
         columns = {k: np.asarray([it[k] for it in items]) for k in items[0]}
         return fn(columns)
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # one log line per stage instead
-    ds = ray.data.from_items(list(items), override_num_blocks=max(1, len(items) // _BATCH))
-    out = ds.map_batches(fn, batch_size=_BATCH, batch_format="numpy")
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)))
+    blocks = min(len(items), max(2 * cpus, -(-len(items) // _MAX_FILES_PER_TASK)))
+    per_block = -(-len(items) // blocks)
+    ds = ray.data.from_items(list(items), override_num_blocks=blocks)
+    out = ds.map_batches(fn, batch_size=per_block, batch_format="numpy")
     parts = list(out.iter_batches(batch_size=None, batch_format="numpy"))
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -114,13 +114,17 @@ def versions(root: Path) -> list[dict[str, Any]]:
     """Every stored version's summary, oldest first."""
     if not root.is_dir():
         return []
-    found = [json.loads((d / SUMMARY).read_text()) for d in root.iterdir() if (d / SUMMARY).is_file()]
+    found = [
+        json.loads((d / SUMMARY).read_text()) for d in root.iterdir() if (d / SUMMARY).is_file()
+    ]
     return sorted(found, key=lambda s: (s.get("created", ""), s["version"]))
 
 
 def resolve(root: Path, version: str) -> Path:
     """A version's directory from its id or a unique prefix of it."""
-    matches = [d for d in root.glob(f"{version}*") if (d / SUMMARY).is_file()] if root.is_dir() else []
+    matches = (
+        [d for d in root.glob(f"{version}*") if (d / SUMMARY).is_file()] if root.is_dir() else []
+    )
     if len(matches) != 1:
         what = "no" if not matches else f"{len(matches)}"
         raise SpecError(f"dataset version {version!r}: {what} stored versions match under {root}")
@@ -147,7 +151,11 @@ def diff(a: pa.Table, b: pa.Table) -> dict[str, list[dict[str, Any]]]:
         else:
             if x["sha256"] != y["sha256"]:
                 out["changed"].append(
-                    {"document": name, "sha256": [x["sha256"], y["sha256"]], "size": [x["size"], y["size"]]}
+                    {
+                        "document": name,
+                        "sha256": [x["sha256"], y["sha256"]],
+                        "size": [x["size"], y["size"]],
+                    }
                 )
             if x["split"] != y["split"]:
                 out["moved"].append({"document": name, "split": [x["split"], y["split"]]})

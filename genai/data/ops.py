@@ -26,7 +26,9 @@ def ls(cache_dir: str, out: Print = print) -> None:
     if not found:
         out(f"no dataset versions under {datasets_root(cache_dir)} (genai train prepares them)")
         return
-    out(f"{'version':<18} {'created':<26} {'train':>7} {'val':>5} {'dropped':>8} {'synthetic':>9}  source")
+    out(
+        f"{'version':<18} {'created':<26} {'train':>7} {'val':>5} {'dropped':>8} {'synthetic':>9}  source"
+    )
     for s in found:
         split = s["counts"]["split"]
         synthetic = s["counts"]["origin"].get("synthetic", {}).get("documents", 0)
@@ -64,7 +66,11 @@ def load(target: str, cache_dir: str) -> tuple[dict[str, Any], pa.Table]:
         if not record or not (path / ckpt.DATASET).is_file():
             raise SpecError(f"checkpoint {path} records no dataset version")
         table = pq.read_table(path / ckpt.DATASET)
-        summary = {"version": record["version"], "checkpoint": str(path), "counts": manifest.counts(table)}
+        summary = {
+            "version": record["version"],
+            "checkpoint": str(path),
+            "counts": manifest.counts(table),
+        }
         return summary, table
     return manifest.read(datasets_root(cache_dir), target)
 
