@@ -93,6 +93,15 @@ def test_a_pre_tokenized_corpus_is_read_in_place_with_whole_files_held_out(tmp_p
     assert [n for _, n in shards] == [5000] * 4 and data.train_tokens == 20_000
     assert data.vocab_size == 300 and data.val_bytes > 0
     assert data.load("train").dtype == np.int32
+    # its manifest: one row per file, with the split each went to, and a version id
+    from genai.data import manifest
+
+    rows = pq.read_table(data.dir / manifest.MANIFEST).to_pylist()
+    assert [(r["path"], r["split"]) for r in rows] == [
+        (f"part-0000{i}.parquet", "val" if i == 2 else "train") for i in range(5)
+    ]
+    assert rows[0]["size"] == (files / "part-00000.parquet").stat().st_size
+    assert data.dataset == manifest.version_id(pq.read_table(data.dir / manifest.MANIFEST))
 
 
 def test_bad_pre_tokenized_input_names_the_field(tmp_path):

@@ -155,9 +155,7 @@ def test_genai_data_dedup_runs_the_stages_on_ray_data(ray_session, tmp_path, cap
     Data tasks (``_map`` takes that path when Ray is up), the same clusters as above."""
     root = planted(tmp_path / "corpus")
     out = tmp_path / "dedup.parquet"
-    assert (
-        main(["data", "dedup", str(root), "--set", "dedup.num_perm=256", "--out", str(out)]) == 0
-    )
+    assert main(["data", "dedup", str(root), "--set", "dedup.num_perm=256", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "dedup: 18 files under" in printed and "dropped 3 documents" in printed
     rows = _rows(pq.read_table(out))

@@ -141,3 +141,78 @@ def test_replica_killed_under_load_is_replaced_without_failed_requests(serve_url
     finally:
         stop.set()
         serve.delete(APP)
+
+
+def test_gateway_killed_under_load_loses_at_most_its_last_flush_of_log_records(
+    serve_url, zero3_checkpoint, tmp_path
+):
+    """SIGKILL the gateway replica (the generation log's writer) under load: every request
+    answered more than flush_s before the kill is in the log, read from its open stream
+    file; the replacement gateway logs on."""
+    from ray import serve
+    from ray.util.state import list_actors
+
+    from genai.serve import genlog
+    from genai.serve.app import build_app
+    from genai.serve.spec import ServeSpec
+
+    flush_s = 0.5
+    spec = ServeSpec.model_validate(
+        {
+            "num_cpus": 0.5,
+            "autoscaling": {"min_replicas": 1, "max_replicas": 1},
+            "generation_log": {"dir": str(tmp_path), "flush_s": flush_s, "rotate_s": 3600},
+        }
+    )
+    app, prefix = "genai-genlog-kill", "/genlog-kill"
+    serve.run(build_app(spec, [zero3_checkpoint]), name=app, route_prefix=prefix)
+    url = f"{serve_url}{prefix}"
+    answered: list[tuple[str, float]] = []  # (id, when the client had the answer)
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=120) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/v1/completions", json={"prompt": "x = ", "max_tokens": 4})
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 200:
+                    answered.append((r.json()["id"], time.time()))
+
+    def gateways() -> dict[str, int]:
+        actors = list_actors(
+            filters=[("class_name", "=", f"ServeReplica:{app}:gateway"), ("state", "=", "ALIVE")]
+        )
+        return {a.name: a.pid for a in actors}
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    try:
+        ((victim, pid),) = gateways().items()
+        for t in threads:
+            t.start()
+        time.sleep(4)
+        killed_at = time.time()
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.time() + 120
+        while time.time() < deadline and (victim in gateways() or not gateways()):
+            time.sleep(0.2)
+        time.sleep(3)  # the replacement gateway answers and logs
+        stop.set()
+        for t in threads:
+            t.join()
+        assert list(tmp_path.glob("generations-*.arrows")), "the killed gateway's open file"
+        table, skipped = genlog.read(tmp_path)
+        logged = set(table["id"].to_pylist())
+        assert not skipped
+        must = {i for i, t in answered if t < killed_at - flush_s - 0.5}
+        after = {i for i, t in answered if t > killed_at + 1}
+        lost = must - logged
+        print(
+            f"genlog kill: {len(answered)} answered, {len(must)} before the kill window, lost {len(lost)}"
+        )
+        assert len(must) >= 20 and not lost, sorted(lost)[:5]
+        assert after, "no request answered by the replacement gateway"
+    finally:
+        stop.set()
+        serve.delete(app)

@@ -85,6 +85,17 @@ def test_a_lora_run_leaves_an_adapter_peft_loads(lora_run, base):
     }
     assert meta.export["adapter"]["r"] == 4
     assert meta.history[-1]["val_loss"] < meta.history[0]["val_loss"]  # it learned
+    # the conversations it trained on and held out: one manifest row each
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(lora_run / ckpt.DATASET).to_pylist()
+    assert len(rows) == 40 and {"train", "val"} <= {r["split"] for r in rows}
+    # exact copies of a conversation (chat_jsonl repeats some) are dropped, naming the first
+    copies = [r for r in rows if r["split"] == "dropped"]
+    assert all(r["duplicate_of"] and not r["kept"] for r in copies)
+    first = {r["sha256"]: r for r in reversed(rows)}
+    assert all(first[r["sha256"]]["split"] in ("train", "val") for r in copies)
+    assert meta.export["dataset"]["version"]
     # the DeepSpeed shards hold the adapter and its optimizer state, not the frozen base
     shards = sum(f.stat().st_size for f in (lora_run / ckpt.DS_DIR).rglob("*.pt"))
     assert shards < (base / ckpt.WEIGHTS).stat().st_size

@@ -12,6 +12,7 @@ import os
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -85,27 +86,31 @@ def read_documents(path: Path, spec: DataSpec) -> Iterator[str]:
     return (doc for doc in _read(path, spec) if doc)
 
 
+def jsonl_records(path: Path, what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed record) for each non-blank line; bad JSON names the line and
+    ``what`` was being read."""
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError:
+                raise SpecError(f"{path}:{lineno}: not valid JSON ({what})") from None
+
+
 def _read(path: Path, spec: DataSpec) -> Iterator[str]:
     fmt = file_format(path, spec)
     if fmt == "text":
         yield path.read_text(encoding="utf-8", errors="replace")
     elif fmt == "jsonl":
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    raise SpecError(
-                        f"{path}:{lineno}: not valid JSON (data.format=jsonl)"
-                    ) from None
-                text = record.get(spec.text_field) if isinstance(record, dict) else None
-                if not isinstance(text, str):
-                    raise SpecError(
-                        f"{path}:{lineno}: no string field data.text_field={spec.text_field!r}"
-                    )
-                yield text
+        for lineno, record in jsonl_records(path, "data.format=jsonl"):
+            text = record.get(spec.text_field) if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise SpecError(
+                    f"{path}:{lineno}: no string field data.text_field={spec.text_field!r}"
+                )
+            yield text
     else:
         table = pq.ParquetFile(path)
         if spec.text_field not in table.schema_arrow.names:

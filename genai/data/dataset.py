@@ -8,7 +8,6 @@ text exported from the generation log) train.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from genai.data import manifest
-from genai.data.corpus import iter_records, read_documents, resolve_files
+from genai.data.corpus import iter_records, jsonl_records, read_documents, resolve_files
 from genai.data.dedup import DedupResult
 from genai.data.dedup_pipeline import Documents, FileRef, deduplicate
 from genai.specbase import SpecError
@@ -40,18 +39,11 @@ class CorpusReader:
 def read_synthetic(path: Path) -> Iterator[dict[str, Any]]:
     """The records of an exported generations corpus (``genai generations export
     --dataset``): ``text``, ``generation_id``, ``model``."""
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                raise SpecError(f"{path}:{lineno}: not valid JSON (data.synthetic)") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise SpecError(f"{path}:{lineno}: no string field 'text' (data.synthetic)")
-            if record["text"]:
-                yield record
+    for lineno, record in jsonl_records(path, "data.synthetic"):
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise SpecError(f"{path}:{lineno}: no string field 'text' (data.synthetic)")
+        if record["text"]:
+            yield record
 
 
 def synthetic_files(spec: Any) -> list[Path]:
@@ -208,3 +200,45 @@ def manifest_path(path: str, root: Path, synthetic_root: Path | None = None) -> 
             Path("synthetic") / (p.relative_to(synthetic_root) if p != synthetic_root else p.name)
         )
     return str(p.relative_to(root)) if root in p.parents else path
+
+
+def whole_items_manifest(
+    spec: Any,
+    files: list[Path],
+    items: list[tuple[Path, int, int, str]],
+    held: set[int],
+    dropped: dict[int, int] | None = None,
+) -> pa.Table:
+    """The manifest of a dataset held out by whole items that are not text documents (a
+    chat conversation, a pre-tokenized file): ``items`` are (file, record, size, sha256);
+    ``dropped`` maps an exact copy to the item it copies."""
+    dropped = dropped or {}
+    root = root_of(spec, files)
+    names = [manifest_path(str(p), root) for p, _, _, _ in items]
+    return manifest.build(
+        {
+            "path": names,
+            "record": [r for _, r, _, _ in items],
+            "size": [n for _, _, n, _ in items],
+            "sha256": [h for _, _, _, h in items],
+            "split": [
+                "dropped" if i in dropped else "val" if i in held else "train"
+                for i in range(len(items))
+            ],
+            "cluster": [dropped.get(i, i) for i in range(len(items))],
+            "kept": [i not in dropped for i in range(len(items))],
+            "duplicate_of": [
+                manifest.document_name(names[dropped[i]], items[dropped[i]][1])
+                if i in dropped
+                else None
+                for i in range(len(items))
+            ],
+            "origin": ["real"] * len(items),
+        }
+    )
+
+
+def register(table: pa.Table, spec: Any, report: dict[str, Any] | None = None) -> str:
+    """Store the version under the spec's ``cache_dir``; returns its id."""
+    summary = {"source": spec.source, "spec": spec.model_dump(mode="json"), **(report or {})}
+    return manifest.register(table, summary, Path(spec.cache_dir).absolute() / "datasets")

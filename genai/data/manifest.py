@@ -67,7 +67,7 @@ def version_id(table: pa.Table) -> str:
     return h.hexdigest()[:ID_LENGTH]
 
 
-def write(table: pa.Table, path: Path) -> None:
+def write(table: pa.Table, path: Path | pa.NativeFile) -> None:
     pq.write_table(table, path)
 
 

@@ -41,7 +41,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from genai.data import manifest
 from genai.data.corpus import resolve_files
-from genai.data.dataset import assemble
+from genai.data.dataset import assemble, register, whole_items_manifest
 from genai.families.lm import DataSpec
 from genai.specbase import SpecError
 
@@ -188,11 +188,7 @@ def _tokenize_text(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
                 shards.append([name, len(piece)])
         tokenizer.save_pretrained(tmp / "tokenizer")
         manifest.write(corpus.table, tmp / manifest.MANIFEST)
-        manifest.register(
-            corpus.table,
-            {"source": spec.source, "spec": spec.model_dump(mode="json"), **corpus.report},
-            Path(spec.cache_dir).absolute() / "datasets",
-        )
+        register(corpus.table, spec, corpus.report)
         val_text = "".join(val_docs).encode("utf-8", "replace")
         xz = lzma.compress(val_text, preset=9 | lzma.PRESET_EXTREME)
         CacheMeta(
@@ -270,6 +266,9 @@ def _import_tokens(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
             "is made of whole files, so it needs at least two"
         )
     _, val_idx = hold_out(counts, spec.val_fraction, spec.seed)
+    # whole files are the items: listed with their hashes (token ids are not deduplicated)
+    items = [(p, 0, p.stat().st_size, _file_sha256(p)) for p in files]
+    table = whole_items_manifest(spec, files, items, val_idx)
     val = np.concatenate([_read_tokens(files[i]) for i in sorted(val_idx)])
     shards = [[str(files[i].absolute()), counts[i]] for i in range(len(files)) if i not in val_idx]
     token_bytes = token_byte_lengths(tokenizer)
@@ -279,6 +278,7 @@ def _import_tokens(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
     with _staged(out) as tmp:
         pq.write_table(pa.table({"tokens": val}), tmp / "val.parquet")
         tokenizer.save_pretrained(tmp / "tokenizer")
+        manifest.write(table, tmp / manifest.MANIFEST)
         meta = CacheMeta(
             train_tokens=sum(n for _, n in shards),
             val_tokens=len(val),
@@ -289,6 +289,7 @@ def _import_tokens(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
             val_bytes=int(token_bytes[val].sum()),
             xz_bpb=8 * len(xz) / max(1, len(sample)),
             spec=spec.model_dump(mode="json"),
+            dataset=register(table, spec),
         )
         meta.write(tmp)
     log(
@@ -297,6 +298,14 @@ def _import_tokens(spec: DataSpec, files: list[Path], out: Path, log) -> TokenDa
         f"-> {out}"
     )
     return _token_data(out)
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _count_tokens(path: Path, vocab_size: int) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -74,12 +76,27 @@ def _prepare_chat(spec: Any, log) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from genai.data.corpus import resolve_files
+    from genai.data.dataset import register, whole_items_manifest
     from genai.data.tokens import hold_out
     from genai.families.lm.chat import pack, read_conversations, render
 
     t0 = time.perf_counter()
     tokenizer: Any = AutoTokenizer.from_pretrained(spec.tokenizer.path, local_files_only=True)
-    conversations = [c for f in resolve_files(spec) for c in read_conversations(f)]
+    files = resolve_files(spec)
+    found = [(f, r, c) for f in files for r, c in enumerate(read_conversations(f))]
+    # exact copies of a conversation train once (near duplicates are left: dedup's
+    # shingles are for running text, not short turns)
+    digests = [
+        hashlib.sha256(json.dumps(c, sort_keys=True).encode()).hexdigest() for _, _, c in found
+    ]
+    first: dict[str, int] = {}
+    dropped = {}
+    for i, d in enumerate(digests):
+        j = first.setdefault(d, i)
+        if j != i and spec.dedup.enabled:
+            dropped[i] = j
+    keep = [i for i in range(len(found)) if i not in dropped]
+    conversations = [found[i][2] for i in keep]
     if len(conversations) < 2:
         raise ValueError(
             f"data.source {spec.source!r} holds {len(conversations)} conversation(s); the "
@@ -87,6 +104,11 @@ def _prepare_chat(spec: Any, log) -> dict[str, Any]:
         )
     rendered = [render(tokenizer, c) for c in conversations]
     order, val_idx = hold_out([len(ids) for ids, _ in rendered], spec.val_fraction, spec.seed)
+    items = [
+        (f, r, len(json.dumps(c).encode()), d) for (f, r, c), d in zip(found, digests, strict=True)
+    ]
+    table = whole_items_manifest(spec, files, items, {keep[i] for i in val_idx}, dropped)
+    version = register(table, spec, {"dedup": {"exact_duplicates": len(dropped)}})
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     train = pack(
         [rendered[i] for i in order if int(i) not in val_idx], spec.seq_len, pad, spec.pack
@@ -94,20 +116,32 @@ def _prepare_chat(spec: Any, log) -> dict[str, Any]:
     val = pack([rendered[i] for i in sorted(val_idx)], spec.seq_len, pad, spec.pack)
     trained = int((train["labels"] >= 0).sum())
     log(
-        f"data: {len(conversations)} conversations ({len(val_idx)} held out) -> "
+        f"data: {len(conversations)} conversations ({len(val_idx)} held out, "
+        f"{len(dropped)} exact copies dropped; dataset {version}) -> "
         f"{len(train['input_ids'])} train blocks of {spec.seq_len} tokens, {trained:,} of them "
         f"assistant tokens (trained), in {time.perf_counter() - t0:.1f}s"
     )
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)  # its own files only, not the model's weights beside it
-        files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
+        tokenizer_files = {p.name: p.read_bytes() for p in Path(tmp).iterdir() if p.is_file()}
     return {
         "chat_train_ref": ray.put(train),
         "chat_val_ref": ray.put(val),
         "n_train_items": len(train["input_ids"]),
-        "tokenizer_files": files,
+        "tokenizer_files": tokenizer_files,
         "vocab_size": len(tokenizer),
         "eos_id": tokenizer.eos_token_id,
         "token_bytes": token_byte_lengths(tokenizer),
         "xz_bpb": None,
+        "dataset": {"version": version, "manifest": _parquet_bytes(table)},
     }
+
+
+def _parquet_bytes(table: Any) -> bytes:
+    import pyarrow as pa
+
+    from genai.data import manifest
+
+    sink = pa.BufferOutputStream()
+    manifest.write(table, sink)
+    return sink.getvalue().to_pybytes()
