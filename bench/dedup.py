@@ -81,7 +81,7 @@ def run_genai(files: list[Path], data: DataSpec, spec: DedupSpec) -> tuple[float
 
     t0 = time.perf_counter()
     docs, result = deduplicate(
-        [FileRef(str(f)) for f in files], CorpusReader(data, set()), spec, lambda _: None
+        [FileRef(str(f)) for f in files], CorpusReader(data, set()), spec, lambda _: None, True
     )
     seconds = time.perf_counter() - t0
     pairs = {(min(i, c), max(i, c)) for i, c in enumerate(result.cluster) if i != c}

@@ -151,8 +151,9 @@ def test_a_bad_dedup_field_is_named():
 
 @pytest.mark.e2e
 def test_genai_data_dedup_runs_the_stages_on_ray_data(ray_session, tmp_path, capsys):
-    """The command alone, on the test session's Ray: signatures and verification in Ray
-    Data tasks (``_map`` takes that path when Ray is up), the same clusters as above."""
+    """The command alone, on the test session's Ray: the signature stage in Ray Data tasks
+    (the command always uses them; a corpus this small is otherwise done in-process), the
+    same clusters as above."""
     root = planted(tmp_path / "corpus")
     out = tmp_path / "dedup.parquet"
     assert main(["data", "dedup", str(root), "--set", "dedup.num_perm=256", "--out", str(out)]) == 0

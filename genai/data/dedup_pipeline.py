@@ -27,7 +27,10 @@ from genai.data.dedup import (
 Reader = Callable[[str], Iterator[str]]  # a file's documents, in record order
 
 _MAX_FILES_PER_TASK = 256  # a task's share of a large corpus (its memory: these files' text)
-_LOCAL_PAIRS = 2_000  # fewer candidate pairs are verified here: a Ray Data job costs more
+# Below these, the stage runs in this process: a Ray Data job's fixed cost (seconds) is more
+# than the work (about a millisecond a file here)
+_LOCAL_FILES = 200
+_LOCAL_PAIRS = 2_000
 
 
 @dataclass(frozen=True)
@@ -53,17 +56,25 @@ class FileRef:
 
 
 def deduplicate(
-    files: Sequence[FileRef], read: Reader, spec: DedupSpec, log: Callable[[str], None] = print
+    files: Sequence[FileRef],
+    read: Reader,
+    spec: DedupSpec,
+    log: Callable[[str], None] = print,
+    ray_data: bool | None = None,
 ) -> tuple[Documents, DedupResult]:
     """Read and cluster the documents of ``files`` (read by ``read``, where the stage runs);
-    one kept per cluster. Only per-document rows (never text) reach this process."""
+    one kept per cluster. Only per-document rows (never text) reach this process.
+    ``ray_data``: run the stages as Ray Data tasks (None: when Ray is up and the corpus has
+    at least 200 files)."""
     t0 = time.perf_counter()
+    local = not ray_data if ray_data is not None else len(files) < _LOCAL_FILES
     rows = _map(
         [
             {"file": i, "path": f.path, "count": -1 if f.count is None else f.count}
             for i, f in enumerate(files)
         ],
         functools.partial(_signatures_of_files, read=read, spec=spec),
+        local=local,
     )
     order = np.lexsort((rows["record"], rows["file"]))
     file_of = rows["file"][order]
@@ -95,7 +106,7 @@ def deduplicate(
                 for a, b in sorted(near)
             ],
             functools.partial(verify, spec=spec, read=functools.partial(_read_one, read=read)),
-            local=len(near) < _LOCAL_PAIRS,
+            local=local or len(near) < _LOCAL_PAIRS,
         )
     result = cluster_documents(
         docs.paths, docs.records, docs.sizes, docs.synthetic, exact, bands, checked, spec

@@ -122,7 +122,11 @@ def dedup(
     out(f"dedup: {len(files)} files under {spec.source}")
     with cluster.connect(address):
         docs, result = deduplicate(
-            [FileRef(str(f)) for f in files], CorpusReader(spec, set()), spec.dedup, out
+            [FileRef(str(f)) for f in files],
+            CorpusReader(spec, set()),
+            spec.dedup,
+            out,
+            ray_data=True,  # the command is for corpora a cluster should share out
         )
     if out_path:
         root = root_of(spec, files)
