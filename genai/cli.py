@@ -233,6 +233,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _set_option(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """The repeatable ``--set dotted.key=value`` override every spec-taking command has."""
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command table (declarative: one block per subcommand, read top to bottom)."""
     p = argparse.ArgumentParser(
@@ -242,13 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="run a job spec with Ray Train + DeepSpeed")
     t.add_argument("spec", help="job spec YAML (jobs/*.yaml)")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. train.lr=3e-4",
-    )
+    _set_option(t, "override a field, e.g. train.lr=3e-4")
     t.add_argument(
         "--address",
         help="Ray cluster address ('auto' on a cluster node); default: embedded local Ray",
@@ -267,9 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tu = sub.add_parser("tune", help="run a Ray Tune sweep (jobs/tune-*.yaml) over Ray Train runs")
     tu.add_argument("spec", help="sweep spec YAML (jobs/tune-*.yaml)")
-    tu.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a sweep field"
-    )
+    _set_option(tu, "override a sweep field")
     tu.add_argument("--address", help="Ray cluster address; default: embedded local Ray")
     g = tu.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
@@ -286,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", default=None, help="serve config YAML (serve/lm.yaml)")
     s.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=None, help="HTTP port (default 8000)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _set_option(s)
     s.add_argument(
         "--adapter",
         action="append",
@@ -368,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sb.add_argument("spec")
     sb.add_argument("--address", required=True, help="dashboard address, e.g. http://HEAD:8265")
-    sb.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    _set_option(sb)
     sb.add_argument("--resume", action="store_true")
     sb.set_defaults(func=_submit)
 
@@ -394,13 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--cache-dir", **cache)
     x = dsub.add_parser("dedup", help="deduplicate a corpus on a Ray cluster (Ray Data)")
     x.add_argument("source", help="'stdlib', a directory, a file or a glob (as data.source)")
-    x.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a data field, e.g. dedup.threshold=0.8 or include=['*.md']",
-    )
+    _set_option(x, "a data field, e.g. dedup.threshold=0.8 or include=['*.md']")
     x.add_argument("--out", help="write the manifest (kept: train, the rest: dropped) here")
     x.add_argument("--address", help="Ray cluster address; default: embedded local Ray")
     da.set_defaults(func=_data)

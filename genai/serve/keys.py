@@ -53,9 +53,6 @@ class Key:
     def may(self, action: str) -> bool:
         return action in self.actions
 
-    def may_use(self, model: str) -> bool:
-        return allows(self.models, model)
-
     def refusal(self, action: str) -> str:
         return (
             f"key {self.name!r} may not {_VERB[action]}: its actions are "

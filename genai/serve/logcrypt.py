@@ -26,6 +26,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet.encryption as pe
+
 MAGIC = b"GENAI-LOG-AESGCM1\n"  # the first bytes of an encrypted open file
 _AAD = b"genai-generation-log"
 _MASTER_ID = "genai-log-master"
@@ -97,8 +99,6 @@ class Cipher:
     # ---------------------------------------------------------------- Parquet
 
     def _factory(self) -> Any:
-        import pyarrow.parquet.encryption as pe
-
         if self._kms_client:
             from genai.families.base import load_attr
 
@@ -108,28 +108,18 @@ class Cipher:
         return pe.CryptoFactory(lambda config: LocalKms(config, key))
 
     def parquet_encryption(self) -> Any:
-        import pyarrow.parquet.encryption as pe
-
         config = pe.EncryptionConfiguration(
             footer_key=_MASTER_ID, uniform_encryption=True, plaintext_footer=False
         )
         return self._factory().file_encryption_properties(pe.KmsConnectionConfig(), config)
 
     def parquet_decryption(self) -> Any:
-        import pyarrow.parquet.encryption as pe
-
         return self._factory().file_decryption_properties(
             pe.KmsConnectionConfig(), pe.DecryptionConfiguration()
         )
 
 
-def _local_kms_base() -> type:
-    import pyarrow.parquet.encryption as pe
-
-    return pe.KmsClient
-
-
-class LocalKms(_local_kms_base()):  # type: ignore[misc]
+class LocalKms(pe.KmsClient):  # type: ignore[misc]
     """Parquet's KMS interface over the local master key: data keys are wrapped with
     AES-GCM under it (what a real KMS does on its side)."""
 
