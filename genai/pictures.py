@@ -32,19 +32,19 @@ def png_bytes(image: torch.Tensor, scale: int = 1) -> bytes:
 def save_grid(
     images: torch.Tensor, path: Path, cols: int | None = None, scale: int = 4, pad: int = 1
 ) -> Path:
-    """A grid PNG of (N, C, S, S) images in [0, 1], row-major, upscaled for viewing."""
+    """A grid PNG of (N, C, H, W) images in [0, 1], row-major, upscaled for viewing."""
     from PIL import Image
 
     arr = to_uint8(images)
-    n, s, _, c = arr.shape
+    n, h, w, c = arr.shape  # not only square: spectrograms are mels x frames
     cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
-    grid = np.full((rows * (s + pad) + pad, cols * (s + pad) + pad, c), 128, np.uint8)
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 128, np.uint8)
     for i in range(n):
         r, k = divmod(i, cols)
         grid[
-            pad + r * (s + pad) : pad + r * (s + pad) + s,
-            pad + k * (s + pad) : pad + k * (s + pad) + s,
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + k * (w + pad) : pad + k * (w + pad) + w,
         ] = arr[i]
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)

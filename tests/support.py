@@ -162,3 +162,17 @@ def chat_jsonl(path: Path, n: int = 40) -> Path:
             ]
             f.write(json.dumps({"messages": messages}) + "\n")
     return path
+
+
+def audio_tools_missing() -> str | None:
+    """Why the audio tests cannot run here (Debian's espeak-ng, sox, fluidsynth and its
+    soundfont), or None. Under GENAI_REQUIRE_AUDIO (CI) nothing is skipped: a missing tool
+    fails the tests that need it."""
+    import shutil as _shutil
+
+    if os.environ.get("GENAI_REQUIRE_AUDIO"):
+        return None
+    missing = [p for p in ("espeak-ng", "sox", "fluidsynth") if _shutil.which(p) is None]
+    if not Path("/usr/share/sounds/sf2/FluidR3_GM.sf2").is_file():
+        missing.append("fluid-soundfont-gm")
+    return f"needs Debian's {', '.join(missing)} (.ci/run installs them)" if missing else None

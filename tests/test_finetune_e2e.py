@@ -122,6 +122,7 @@ def _from_step_3(lora_spec, root: Path, **scaling):
     )
 
 
+@pytest.mark.full  # out of make test's 10 minutes: see tests/test_tiers.py
 def test_lora_resume_reproduces_the_uninterrupted_run(lora_run, lora_spec, tmp_path):
     """A copy of the run's step-3 checkpoint, resumed: the adapter at step 6 comes out the same."""
     from genai.train.run import train

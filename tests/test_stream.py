@@ -33,6 +33,7 @@ def _run(sampler: StreamSampler, steps: range) -> dict[int, np.ndarray]:
     }
 
 
+@pytest.mark.full  # out of make test's 10 minutes: see tests/test_tiers.py
 def test_streamed_batches_are_exact_on_resume_and_disjoint_across_ranks(ray_session, shards):
     samplers = [StreamSampler(shards, rank=r, **KW) for r in range(2)]
     per_epoch = samplers[0].micro_per_epoch // KW["grad_accum"]

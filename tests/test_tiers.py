@@ -30,6 +30,10 @@ COVERAGE = {
     "403 per key scope": "test_serve_e2e.py::test_key_scopes_answer_403_naming_what_is_missing",
     "playground in a browser": "test_serve_e2e.py::test_playground_in_a_real_browser",
     "dedup on Ray Data": "test_dedup.py::test_genai_data_dedup_runs_the_stages_on_ray_data",
+    "audio GAN training": "test_audio_e2e.py::test_audio_checkpoint_holds_both_engines_quality_spectrograms_and_wavs",
+    "audio GAN exact resume": "test_audio_e2e.py::test_audio_resume_reproduces_the_uninterrupted_run",
+    "speech route (WAV)": "test_audio_e2e.py::test_the_official_client_gets_wavs_of_the_digits_asked_for",
+    "speech route (MIDI from a music LM)": "test_audio_e2e.py::test_a_music_model_answers_midi_and_wav",
 }
 
 

@@ -165,6 +165,7 @@ def test_sigkill_of_the_driver_then_resume(tmp_path, tiny_raw):
     assert not any(p.name.startswith(".step-") for p in root.iterdir())  # staging debris cleaned
 
 
+@pytest.mark.full  # out of make test's 10 minutes: see tests/test_tiers.py
 def test_optimizer_offload_and_fine_tuning_a_pretrained_checkpoint(
     ray_session, tiny_raw, zero3_checkpoint
 ):

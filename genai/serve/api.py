@@ -49,6 +49,9 @@ class Route:
     """``async (calls: ReplicaCalls, route: Route, body: dict) -> AsyncIterator[dict]``: first
     ``{"opened": record fields}``, then the family's events; for routes that stream"""
     summary: str = ""
+    answered_by: tuple[str, ...] = ()
+    """families whose models answer this route too, though they do not list it (the audio
+    family's speech route renders music an LM family model writes)"""
 
 
 class GatewayCalls(Protocol):

@@ -32,7 +32,8 @@ def route_at(path: str) -> Route:
 @cache
 def families_of(path: str) -> tuple[str, ...]:
     """The families whose models answer ``path``."""
-    return tuple(f.name for f in FAMILIES.values() if any(r.path == path for r in f.routes))
+    listing = [f.name for f in FAMILIES.values() if any(r.path == path for r in f.routes)]
+    return tuple(dict.fromkeys(listing + list(route_at(path).answered_by)))
 
 
 def id_prefixes() -> dict[str, str]:

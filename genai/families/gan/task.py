@@ -10,6 +10,7 @@ import torch
 from genai.checkpoint import WEIGHTS
 from genai.config import JobSpec
 from genai.data.images import to_model_range
+from genai.families.gan import GANSpec
 from genai.families.images.task import ImageTask
 from genai.models.gan import Discriminator, GANConfig, Generator, d_loss, g_loss
 from genai.pictures import save_grid
@@ -27,6 +28,8 @@ class GANTask(ImageTask):
     def __init__(self, spec: JobSpec, data: dict[str, Any], rank: int, world_size: int) -> None:
         super().__init__(spec, data, rank, world_size)
         m, g = spec.model, spec.gan
+        # the adversarial settings: a family that reuses these two engines (audio) sets its own
+        self.adv: GANSpec = g
         if m.conditional and self.train_y is None:
             raise ValueError(
                 "model.conditional needs labelled data (digits, class folders, data.label_column)"
@@ -73,10 +76,8 @@ class GANTask(ImageTask):
         return torch.randint(0, self.cfg.num_classes, (n,), generator=gen).to(self.g.device)
 
     def train_step(self, step: int) -> dict[str, float]:
-        d_total = sum(
-            self.d_step(step * self.spec.gan.d_steps + k) for k in range(self.spec.gan.d_steps)
-        )
-        losses = {"d_loss": d_total / self.spec.gan.d_steps, "g_loss": self.g_step()}
+        d_total = sum(self.d_step(step * self.adv.d_steps + k) for k in range(self.adv.d_steps))
+        losses = {"d_loss": d_total / self.adv.d_steps, "g_loss": self.g_step()}
         return all_mean(losses, self.g.device)
 
     def d_step(self, batch_index: int) -> float:
@@ -94,7 +95,7 @@ class GANTask(ImageTask):
             )
         labels = None if y is None or fake_y is None else torch.cat([y, fake_y])
         logits = self.d(torch.cat([real, fake]), labels)
-        loss = d_loss(logits[:n], logits[n:], self.spec.gan.loss)
+        loss = d_loss(logits[:n], logits[n:], self.adv.loss)
         self.d.backward(loss)
         self.d.step()
         return float(loss.detach())
@@ -111,7 +112,7 @@ class GANTask(ImageTask):
             fake = self.g(
                 torch.randn(n, self.cfg.latent_dim, device=self.g.device, dtype=self.dtype), fake_y
             )
-            loss = g_loss(self.d.forward_module()(fake, fake_y), self.spec.gan.loss)
+            loss = g_loss(self.d.forward_module()(fake, fake_y), self.adv.loss)
             self.g.backward(loss)
             self.g.step()
         finally:
@@ -135,7 +136,7 @@ class GANTask(ImageTask):
     def evaluate(self) -> dict[str, float]:
         if self.classifier is None:
             return {}
-        samples = self.samples(self.spec.gan.eval_samples, seed=1234)
+        samples = self.samples(self.adv.eval_samples, seed=1234)
         real_val = to_model_range(self.val_q, self.levels, "unit")
         out = sample_quality(self.classifier, samples, real_val, self.num_classes)
         if self.cfg.conditional:

@@ -1,0 +1,62 @@
+"""A music model judged: pieces sampled from it (transformers, on this machine) and the
+held-out real pieces of its dataset, side by side by music21 (:mod:`.quality`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+from genai.checkpoint import DATASET, read_meta, resolve
+from genai.families.audio.music.quality import judge
+from genai.families.audio.music.serve import HEADER, first_piece
+
+
+def held_out_pieces(checkpoint: Path) -> list[str]:
+    table = pq.read_table(checkpoint / DATASET, columns=["path", "split"]).to_pylist()
+    return [Path(r["path"]).read_text() for r in table if r["split"] == "val"]
+
+
+@torch.no_grad()
+def sample_pieces(checkpoint: Path, n: int, max_tokens: int, seed: int) -> list[str]:
+    from genai.families.lm.serving import load_lm
+
+    lm = load_lm(checkpoint)
+    ids = lm.tokenizer(HEADER, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    room = min(max_tokens, lm.context - ids.shape[1])
+    torch.manual_seed(seed)
+    out = []
+    for start in range(0, n, 16):
+        k = min(16, n - start)
+        gen = lm.model.generate(  # type: ignore[operator]
+            ids.repeat(k, 1),
+            attention_mask=torch.ones(k, ids.shape[1], dtype=torch.long),
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            max_new_tokens=room,
+            pad_token_id=lm.tokenizer.eos_token_id,
+            eos_token_id=lm.tokenizer.eos_token_id,
+        )
+        for row in gen:
+            text = str(lm.tokenizer.decode(row, skip_special_tokens=True))
+            out.append(first_piece(text))
+    return out
+
+
+def judge_checkpoint(path: str | Path, pieces: int, max_tokens: int, seed: int) -> dict[str, Any]:
+    checkpoint = resolve(path)
+    meta = read_meta(checkpoint)
+    real = judge(held_out_pieces(checkpoint))
+    generated = judge(sample_pieces(checkpoint, pieces, max_tokens, seed))
+    return {
+        "checkpoint": str(checkpoint),
+        "step": meta.step,
+        "val_bpb": meta.metrics.get("val_bpb"),
+        "xz_bpb": meta.metrics.get("xz_bpb"),
+        "bpb_vs_xz": meta.metrics.get("bpb_vs_xz"),
+        "generated": generated,
+        "held_out_real": real,
+    }

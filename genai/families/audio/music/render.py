@@ -1,0 +1,66 @@
+"""A score as MIDI bytes (music21) and as a WAV (Debian's fluidsynth with the General MIDI
+soundfont, where installed)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SOUNDFONTS = (
+    "/usr/share/sounds/sf2/FluidR3_GM.sf2",
+    "/usr/share/sounds/sf2/default-GM.sf2",
+)
+
+
+def midi_bytes(score: Any) -> bytes:
+    from music21 import midi
+
+    mf = midi.translate.streamToMidiFile(score)
+    return mf.writestr()
+
+
+def soundfont() -> str | None:
+    return next((s for s in SOUNDFONTS if Path(s).is_file()), None)
+
+
+def can_render_wav() -> bool:
+    return shutil.which("fluidsynth") is not None and soundfont() is not None
+
+
+def wav_bytes(midi: bytes, sample_rate: int = 16000) -> bytes:
+    """MIDI -> 16-bit WAV through fluidsynth (no audio device: file output only)."""
+    sf = soundfont()
+    if shutil.which("fluidsynth") is None or sf is None:
+        raise RuntimeError(
+            "rendering music to WAV needs fluidsynth and a General MIDI soundfont "
+            "(apt-get install -y fluidsynth fluid-soundfont-gm); ask for response_format midi"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.mid", Path(tmp) / "out.wav"
+        src.write_bytes(midi)
+        subprocess.run(
+            [
+                "fluidsynth",
+                "-ni",
+                "-q",
+                "-g",
+                "0.8",
+                "-r",
+                str(sample_rate),
+                "-F",
+                str(dst),
+                "-T",
+                "wav",
+                "-O",
+                "s16",
+                sf,
+                str(src),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        return dst.read_bytes()

@@ -1,0 +1,186 @@
+"""Worker side of the audio family: WaveGAN on the GAN family's two DeepSpeed engines.
+
+The step shapes (one D forward over [real; fake], a G step with D frozen) are the GAN's
+(:class:`~genai.families.gan.task.GANTask`); what differs is the data (16-bit samples
+where the GAN has 8-bit pixels), the nets, and the quality measures: a digit classifier
+on log-mel spectrograms (conditional accuracy, an Inception-score-like figure, a Fréchet
+distance on its features) and pocketsphinx's transcriptions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from genai.checkpoint import WEIGHTS
+from genai.config import JobSpec
+from genai.data.batches import StepSampler
+from genai.families.audio import AudioSpec
+from genai.families.audio.config import WaveGANConfig
+from genai.families.audio.data import LEVELS
+from genai.families.audio.features import log_mel
+from genai.families.audio.wavegan import Discriminator, Generator
+from genai.families.gan.task import GANTask
+from genai.families.images.task import CLASSIFIER
+from genai.pictures import save_grid
+from genai.quality import Classifier, frechet_distance, save_classifier
+from genai.train.engine import Engine
+from genai.train.worker import get_ref, readonly_tensor, tensor_or_none
+
+PER_CLASS = 50  # generated clips per digit for the conditional accuracy
+
+
+class AudioGANTask(GANTask):
+    unit, unit_label = "clips", "clips"
+    # the GAN's steps read latent_dim, conditional and num_classes, which these share
+    cfg: WaveGANConfig  # type: ignore[assignment]
+    adv: AudioSpec
+    classifier: Classifier
+
+    def __init__(self, spec: JobSpec, data: dict[str, Any], rank: int, world_size: int) -> None:
+        # GANTask's engines and steps, ImageTask's bookkeeping; not their image loading
+        self.spec, self.rank, self.world_size = spec, rank, world_size
+        self.adv = spec.audio
+        self.train_q = readonly_tensor(get_ref(data["train_ref"]))
+        self.val_q = readonly_tensor(get_ref(data["val_ref"]))
+        self.train_y = tensor_or_none(data["train_labels"])
+        self.val_y = tensor_or_none(data["val_labels"])
+        self.levels, self.num_classes = data["levels"], data["num_classes"]
+        self.class_names: list[str] = list(data["class_names"])
+        self.classifier_accuracy: float | None = data.get("classifier_accuracy")
+        self.classifier = Classifier(1, self.num_classes)
+        self.classifier.load_state_dict(
+            {k: torch.from_numpy(v) for k, v in data["classifier"].items()}
+        )
+        self.classifier.eval()
+        t = spec.train
+        self.sampler = StepSampler(
+            len(self.train_q), t.micro_batch_size, 1, rank, world_size, t.seed
+        )
+        self.cfg = WaveGANConfig(**spec.model.model_dump(exclude={"family"}))
+        torch.manual_seed(t.seed)  # same initial weights on every rank
+        gen, disc = Generator(self.cfg), Discriminator(self.cfg)
+        self.n_params = sum(p.numel() for m in (gen, disc) for p in m.parameters())
+        a, ds = self.adv, spec.deepspeed
+        betas = (a.beta1, a.beta2)
+        self.g = Engine(gen, ds, t, world_size, lr=a.g_lr, betas=betas, weight_decay=0.0)
+        self.d = Engine(disc, ds, t, world_size, lr=a.d_lr, betas=betas, weight_decay=0.0)
+        self.reference: dict[str, float] = {
+            k: data[k]
+            for k in ("real_fd_floor", "classifier_accuracy", "asr_real_accuracy")
+            if k in data
+        }
+        self._real_features: np.ndarray | None = None
+        self.judge = None
+        if spec.data.judge:
+            from genai.families.audio.judge import Judge
+
+            self.judge = Judge()
+
+    def describe(self) -> str:
+        kind = "conditional " if self.cfg.conditional else ""
+        return (
+            f"{kind}WaveGAN, {self.n_params / 1e6:.2f}M parameters, {self.cfg.clip_samples} "
+            f"samples at {self.cfg.sample_rate} Hz, {self.items_per_step} clips/step"
+        )
+
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, y = super()._batch(step)
+        # int16 samples as levels 0..65535, which the GAN's steps map to [-1, 1]; one channel
+        return (q.float() + LEVELS // 2)[:, None], y
+
+    @torch.no_grad()
+    def samples(self, n: int, seed: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """n clips (N, samples) in [-1, 1] from a fixed seed; every rank computes the same
+        (collective under ZeRO-3)."""
+        self.g.train(False)
+        z, labels = self.g.module.latents(n, torch.Generator().manual_seed(seed), labels)
+        out = []
+        for i in range(0, n, 128):
+            zc = z[i : i + 128].to(self.g.device, dtype=self.dtype)
+            lc = None if labels is None else labels[i : i + 128].to(self.g.device)
+            out.append(self.g(zc, lc)[:, 0].float().cpu())
+        self.g.train(True)
+        return torch.cat(out).clamp(-1, 1)
+
+    def _mel(self, clips: torch.Tensor) -> torch.Tensor:
+        return log_mel(clips, self.cfg.sample_rate)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        clf = self.classifier
+        if self._real_features is None:
+            real = self.val_q.float() / (LEVELS // 2)
+            self._real_features = clf.features(self._mel(real)).numpy()
+        fake = self._mel(self.samples(self.adv.eval_samples, seed=1234))
+        probs = clf(fake).softmax(1)
+        preds = probs.argmax(1)
+        out = {
+            "fd": frechet_distance(clf.features(fake).numpy(), self._real_features),
+            "classes_covered": float(len(torch.unique(preds))),
+            "inception_score": inception_score(probs),
+        }
+        if self.cfg.conditional:
+            want = torch.arange(self.num_classes).repeat_interleave(PER_CLASS)
+            clips = self.samples(len(want), seed=99, labels=want.to(self.g.device))
+            out["cond_accuracy"] = float((clf.predict(self._mel(clips)) == want).float().mean())
+            if self.judge is not None:
+                # a spread of the same clips, every digit equally
+                k = max(1, self.adv.judge_samples // self.num_classes)
+                pick = torch.cat(
+                    [torch.arange(c * PER_CLASS, c * PER_CLASS + k) for c in range(10)]
+                )
+                pcm = (clips[pick] * 32767).round().to(torch.int16).numpy()
+                out["asr_accuracy"] = self.judge.accuracy(
+                    pcm, want[pick].numpy(), self.cfg.sample_rate
+                )
+        return {**out, **self.reference}
+
+    def pictures(self, directory: Path, step: int) -> list[Path]:
+        """Log-mel spectrograms, a row per digit (or 100 unconditional), and one WAV per
+        row's first clip."""
+        if self.cfg.conditional:
+            labels = torch.arange(self.num_classes).repeat_interleave(8).to(self.g.device)
+            clips = self.samples(len(labels), seed=7, labels=labels)
+            cols = 8
+        else:
+            clips, cols = self.samples(64, seed=7), 8
+        if self.rank != 0:
+            return []
+        grid = save_grid(
+            self._mel(clips).flip(2), directory / "spectrograms.png", cols=cols, scale=2
+        )
+        import soundfile
+
+        wavs = directory / "samples"
+        wavs.mkdir(parents=True, exist_ok=True)
+        for row in range(len(clips) // cols):
+            name = self.class_names[row] if self.cfg.conditional else f"{row:02d}"
+            soundfile.write(
+                wavs / f"{name}.wav", clips[row * cols].numpy(), self.cfg.sample_rate, "PCM_16"
+            )
+        return [grid]
+
+    def export(self, directory: Path) -> dict[str, Any]:
+        n_g = self.g.export(directory / WEIGHTS)
+        n_d = self.d.export(directory / "discriminator.safetensors")
+        if self.rank == 0:
+            save_classifier(self.classifier, directory / CLASSIFIER)
+        return {
+            "classifier": CLASSIFIER,
+            "classifier_accuracy": self.classifier_accuracy,
+            "model_config": self.cfg.to_dict(),
+            "class_names": self.class_names,
+            "n_tensors": n_g,
+            "n_tensors_discriminator": n_d,
+        }
+
+
+def inception_score(probs: torch.Tensor) -> float:
+    """exp E_x KL(p(y|x) || p(y)) from the classifier's class probabilities: 1 (one class, or
+    no confidence) to the number of classes (confident and balanced)."""
+    p = probs.double().clamp(min=1e-12)
+    marginal = p.mean(0, keepdim=True)
+    return float(torch.exp((p * (p.log() - marginal.log())).sum(1).mean()))
