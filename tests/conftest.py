@@ -127,6 +127,32 @@ def zero3_checkpoint(ray_session, tmp_path_factory, corpus_dir, cache_dir) -> Pa
     return train(parse_job(raw))
 
 
+@pytest.fixture
+def browser():
+    """Debian's chromium, headless, driven by selenium (skipped where it is not installed,
+    failed where CI installed it)."""
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        if os.environ.get("GENAI_REQUIRE_BROWSER"):
+            pytest.fail("chromium/chromium-driver are not installed (.ci/run installs them)")
+        pytest.skip("no browser: apt-get install chromium chromium-driver")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_bin), options=options)
+    yield driver
+    driver.quit()
+
+
 def _ray_leftovers() -> list[str]:
     """Ray processes in this test session's process session (the embedded instance, and
     anything a test started without a session of its own), other than pytest itself."""

@@ -255,3 +255,28 @@ def test_bad_speech_requests_get_4xx_naming_the_field(speech, body, status, para
     assert r.json()["error"]["param"] == param, r.text
     # and the replica that refused it still answers
     assert speech.post("/v1/audio/speech", json={"model": "tiny-audio", "input": "1"}).is_success
+
+
+def test_the_playground_plays_speech(speech, serve_url, browser):
+    """The playground picks speech for an audio model and plays the WAV it gets back."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(serve_url.rstrip("/") + "/")
+    wait.until(ec.text_to_be_present_in_element((By.ID, "status"), "2 model(s)"))
+    Select(browser.find_element(By.ID, "model")).select_by_value("tiny-audio")
+    assert Select(browser.find_element(By.ID, "mode")).first_selected_option.text == "speech"
+    browser.find_element(By.ID, "prompt").send_keys("4 2")
+    browser.find_element(By.ID, "send").click()
+    wait.until(lambda d: d.find_element(By.ID, "gen-id").text.startswith("speech-"))
+    # the browser decoded it: two 4096-sample clips at 4 kHz are 2.048 s
+    duration = wait.until(
+        lambda d: d.execute_script(
+            "const a = document.querySelector('#images audio');"
+            "return a && a.readyState >= 1 ? a.duration : null;"
+        )
+    )
+    assert duration == pytest.approx(2.048, abs=0.01)
+    assert browser.find_element(By.ID, "error").text == ""

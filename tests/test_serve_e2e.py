@@ -481,32 +481,6 @@ def test_generation_log_with_feedback_and_a_torn_file(served, genlog_dir, zero3_
     assert "--since" in capsys.readouterr().err
 
 
-@pytest.fixture
-def browser():
-    """Debian's chromium, headless, driven by selenium (skipped where it is not installed,
-    failed where CI installed it)."""
-    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver_bin):
-        if os.environ.get("GENAI_REQUIRE_BROWSER"):
-            pytest.fail("chromium/chromium-driver are not installed (.ci/run installs them)")
-        pytest.skip("no browser: apt-get install chromium chromium-driver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_bin), options=options)
-    yield driver
-    driver.quit()
-
-
 def test_playground_in_a_real_browser(served, serve_url, browser, genlog_dir, capsys):
     """Type a key and a prompt, watch the streamed text arrive, rate it, and find the
     rating in `genai generations`. The screenshot is kept in test-artifacts/."""

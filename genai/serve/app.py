@@ -66,10 +66,11 @@ app.add_middleware(LimitsAndAuth)
 
 
 PLAYGROUND = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
-# its one inline script and style; images are data: URLs; it talks only to this origin
+# its one inline script and style; images are data: URLs, audio blob: URLs; it talks only
+# to this origin
 _PLAYGROUND_CSP = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
-    "img-src data:; connect-src 'self'"
+    "img-src data:; media-src blob:; connect-src 'self'"
 )
 
 

@@ -15,8 +15,11 @@ from genai.families.audio.music.serve import HEADER, first_piece
 
 
 def held_out_pieces(checkpoint: Path) -> list[str]:
+    """The pieces the run held out, read from its corpus (manifest paths are relative to
+    the job's ``data.source``)."""
+    root = Path(read_meta(checkpoint).spec["data"]["source"])
     table = pq.read_table(checkpoint / DATASET, columns=["path", "split"]).to_pylist()
-    return [Path(r["path"]).read_text() for r in table if r["split"] == "val"]
+    return [(root / r["path"]).read_text() for r in table if r["split"] == "val"]
 
 
 @torch.no_grad()

@@ -38,19 +38,29 @@ def one_key(score: Any) -> bool:
         return False
 
 
+def verdict(text: str) -> tuple[bool, bool, bool]:
+    """(parses, in one key, steady meter) for one piece."""
+    try:
+        score = parse_abc(text)
+    except ValueError:
+        return False, False, False
+    return True, one_key(score), steady_meter(score)
+
+
 def judge(texts: Iterable[str]) -> dict[str, float]:
     """The three shares over ``texts`` (key and meter over all pieces, unparsed ones
-    counting as neither), and the number judged."""
+    counting as neither), and the number judged. Each piece is judged in a worker process
+    with a deadline (:mod:`.bounded`): one past it counts as unparsed."""
+    from genai.families.audio.music import bounded
+
     n = parsed = keyed = steady = 0
     for text in texts:
         n += 1
         try:
-            score = parse_abc(text)
+            p, k, m = bounded.run(verdict, text)
         except ValueError:
             continue
-        parsed += 1
-        keyed += one_key(score)
-        steady += steady_meter(score)
+        parsed, keyed, steady = parsed + p, keyed + k, steady + m
     if n == 0:
         raise ValueError("no pieces to judge")
     return {"pieces": n, "parse": parsed / n, "one_key": keyed / n, "steady_meter": steady / n}

@@ -7,6 +7,7 @@ import asyncio
 import re
 from typing import Any
 
+from genai.families.audio.music import bounded
 from genai.families.audio.music.encoding import parse_abc
 from genai.families.audio.music.render import can_render_wav, midi_bytes, wav_bytes
 from genai.families.audio.serving import count_seconds
@@ -41,6 +42,12 @@ def first_piece(text: str) -> str:
     return text if at < 0 else text[: at + 1]
 
 
+def to_midi(text: str) -> tuple[bytes, float]:
+    """ABC text -> (MIDI bytes, length in quarters); ValueError if music21 cannot read it."""
+    score = parse_abc(text)
+    return midi_bytes(score), float(score.duration.quarterLength)
+
+
 async def compose(
     calls: ReplicaCalls, model: str, server: Any, text: str, fmt: str, seed: int
 ) -> bytes:
@@ -67,13 +74,12 @@ async def compose(
             raise APIError(400, str(exc), "input") from None
         await server.complete(gen)
         piece = first_piece(prompt + gen.text)
-        try:
-            score = await asyncio.to_thread(parse_abc, piece)
+        try:  # in a worker process with a deadline: the text is the model's, untrusted
+            midi, quarters = await asyncio.to_thread(bounded.run, to_midi, piece)
         except ValueError as exc:
             last = str(exc)
             continue
-        midi = await asyncio.to_thread(midi_bytes, score)
-        count_seconds(model, float(score.duration.quarterLength) * SECONDS_PER_QUARTER)
+        count_seconds(model, quarters * SECONDS_PER_QUARTER)
         return midi if fmt == "midi" else await asyncio.to_thread(wav_bytes, midi)
     raise APIError(
         422,
