@@ -17,6 +17,7 @@ from genai.families.audio.config import WaveGANConfig
 from genai.families.audio.schemas import AudioCard, AudioLog, SpeechRequest, SpeechResponse
 from genai.families.base import Family
 from genai.families.gan import GANSpec
+from genai.families.images import check_image_job
 from genai.serve.api import Route
 from genai.specbase import PathField, Section
 
@@ -102,8 +103,7 @@ class AudioServeSpec(Section):
 
 
 def check_audio_job(spec) -> None:
-    if spec.train.grad_accum_steps != 1:
-        raise ValueError("train.grad_accum_steps must be 1 for model.family 'audio'")
+    check_image_job(spec)  # the GAN's steps: one micro-batch per step
     if spec.model.conditional and spec.model.num_classes != 10:
         raise ValueError(
             f"model.num_classes must be 10 for spoken digits, got {spec.model.num_classes}"

@@ -14,20 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from genai.checkpoint import WEIGHTS
 from genai.config import JobSpec
-from genai.data.batches import StepSampler
 from genai.families.audio import AudioSpec
 from genai.families.audio.config import WaveGANConfig
 from genai.families.audio.data import LEVELS
 from genai.families.audio.features import log_mel
 from genai.families.audio.wavegan import Discriminator, Generator
 from genai.families.gan.task import GANTask
-from genai.families.images.task import CLASSIFIER
+from genai.families.images.task import ImageTask
 from genai.pictures import save_grid
-from genai.quality import Classifier, frechet_distance, save_classifier
+from genai.quality import Classifier, frechet_distance
 from genai.train.engine import Engine
-from genai.train.worker import get_ref, readonly_tensor, tensor_or_none
 
 PER_CLASS = 50  # generated clips per digit for the conditional accuracy
 
@@ -40,25 +37,11 @@ class AudioGANTask(GANTask):
     classifier: Classifier
 
     def __init__(self, spec: JobSpec, data: dict[str, Any], rank: int, world_size: int) -> None:
-        # GANTask's engines and steps, ImageTask's bookkeeping; not their image loading
-        self.spec, self.rank, self.world_size = spec, rank, world_size
+        # ImageTask's bookkeeping (batches, held-out data, the classifier), GANTask's steps;
+        # not GANTask's image nets
+        ImageTask.__init__(self, spec, data, rank, world_size)
         self.adv = spec.audio
-        self.train_q = readonly_tensor(get_ref(data["train_ref"]))
-        self.val_q = readonly_tensor(get_ref(data["val_ref"]))
-        self.train_y = tensor_or_none(data["train_labels"])
-        self.val_y = tensor_or_none(data["val_labels"])
-        self.levels, self.num_classes = data["levels"], data["num_classes"]
-        self.class_names: list[str] = list(data["class_names"])
-        self.classifier_accuracy: float | None = data.get("classifier_accuracy")
-        self.classifier = Classifier(1, self.num_classes)
-        self.classifier.load_state_dict(
-            {k: torch.from_numpy(v) for k, v in data["classifier"].items()}
-        )
-        self.classifier.eval()
         t = spec.train
-        self.sampler = StepSampler(
-            len(self.train_q), t.micro_batch_size, 1, rank, world_size, t.seed
-        )
         self.cfg = WaveGANConfig(**spec.model.model_dump(exclude={"family"}))
         torch.manual_seed(t.seed)  # same initial weights on every rank
         gen, disc = Generator(self.cfg), Discriminator(self.cfg)
@@ -78,6 +61,9 @@ class AudioGANTask(GANTask):
             from genai.families.audio.judge import Judge
 
             self.judge = Judge()
+
+    def classifier_channels(self) -> int:
+        return 1  # it reads log-mel spectrograms
 
     def describe(self) -> str:
         kind = "conditional " if self.cfg.conditional else ""
@@ -162,20 +148,6 @@ class AudioGANTask(GANTask):
                 wavs / f"{name}.wav", clips[row * cols].numpy(), self.cfg.sample_rate, "PCM_16"
             )
         return [grid]
-
-    def export(self, directory: Path) -> dict[str, Any]:
-        n_g = self.g.export(directory / WEIGHTS)
-        n_d = self.d.export(directory / "discriminator.safetensors")
-        if self.rank == 0:
-            save_classifier(self.classifier, directory / CLASSIFIER)
-        return {
-            "classifier": CLASSIFIER,
-            "classifier_accuracy": self.classifier_accuracy,
-            "model_config": self.cfg.to_dict(),
-            "class_names": self.class_names,
-            "n_tensors": n_g,
-            "n_tensors_discriminator": n_d,
-        }
 
 
 def inception_score(probs: torch.Tensor) -> float:

@@ -32,7 +32,7 @@ class ImageTask:
         self.classifier = None
         self.classifier_accuracy: float | None = data.get("classifier_accuracy")
         if data.get("classifier") is not None:
-            self.classifier = Classifier(spec.model.channels, self.num_classes)
+            self.classifier = Classifier(self.classifier_channels(), self.num_classes)
             self.classifier.load_state_dict(
                 {k: torch.from_numpy(v) for k, v in data["classifier"].items()}
             )
@@ -41,6 +41,11 @@ class ImageTask:
         self.sampler = StepSampler(
             len(self.train_q), t.micro_batch_size, 1, rank, world_size, t.seed
         )
+
+    def classifier_channels(self) -> int:
+        """Channels of the quality classifier's input (the images'; a family whose
+        classifier reads another picture of its data, a spectrogram, says so)."""
+        return self.spec.model.channels
 
     @property
     def items_per_step(self) -> int:
