@@ -43,9 +43,16 @@ def first_piece(text: str) -> str:
 
 
 def to_midi(text: str) -> tuple[bytes, float]:
-    """ABC text -> (MIDI bytes, length in quarters); ValueError if music21 cannot read it."""
+    """ABC text -> (MIDI bytes, length in quarters); ValueError if music21 cannot read it
+    or cannot write what it read as MIDI (a sampled repeat sign with no bars to repeat
+    raises music21's StreamException there)."""
     score = parse_abc(text)
-    return midi_bytes(score), float(score.duration.quarterLength)
+    try:
+        return midi_bytes(score), float(score.duration.quarterLength)
+    except Exception as exc:  # music21's own exceptions are not ValueErrors
+        raise ValueError(
+            f"not renderable as MIDI: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
 
 
 async def compose(
