@@ -4,9 +4,10 @@ workers, two DeepSpeed engines) vs a plain PyTorch loop of the same model.
     python bench/audio_train.py                 # ~4 min on 2 cores
     python bench/audio_train.py --steps 200 --repeats 3
 
-Both sides: the job's WaveGAN (generator and discriminator), the same global batch of
-real clips, the same step shapes (one discriminator forward over [real; fake] and a
-generator step with the discriminator frozen), hinge loss, Adam, fp32. genai runs as its
+Both sides: the job's GAN (``model.arch``: SpecGAN's log-mel images, each batch of real
+clips turned into them as it is drawn, or WaveGAN's raw samples), the same global batch,
+the same step shapes (one discriminator forward over [real; fake] and a generator step
+with the discriminator frozen), the job's loss, Adam, fp32. genai runs as its
 own command; its clips/s is the median of its progress windows after the first, as is
 the baseline's (one process, 2 threads). The ratio is genai's over the baseline's, per
 repeat; the table quotes medians.
@@ -68,25 +69,26 @@ def baseline(steps: int) -> None:
     from genai.config import load_job
     from genai.families.audio import digits
     from genai.families.audio.data import load_corpus
-    from genai.families.audio.wavegan import Discriminator, Generator
+    from genai.families.audio.nets import ClipCodec, build
     from genai.models.gan import d_loss, g_loss
 
     torch.set_num_threads(2)
     spec = load_job(JOB)
     corpus, train, _ = load_corpus(spec, log=lambda _: None)
-    real_all = torch.from_numpy(digits.to_float(corpus.clips[train]))[:, None]
+    real_all = torch.from_numpy(digits.to_float(corpus.clips[train]))
     labels_all = torch.from_numpy(corpus.labels[train])
     cfg, a = spec.model, spec.audio
     batch = spec.global_batch
     torch.manual_seed(0)
-    g, d = Generator(cfg), Discriminator(cfg)
+    g, d = build(cfg)
+    codec = ClipCodec(cfg)
     og = torch.optim.Adam(g.parameters(), lr=a.g_lr, betas=(a.beta1, a.beta2))
     od = torch.optim.Adam(d.parameters(), lr=a.d_lr, betas=(a.beta1, a.beta2))
     gen = torch.Generator().manual_seed(0)
     rates, window = [], time.perf_counter()
     for step in range(steps):
         idx = torch.randint(0, len(real_all), (batch,), generator=gen)
-        real, y = real_all[idx], labels_all[idx]
+        real, y = codec.encode(real_all[idx]), labels_all[idx]
         fake_y = torch.randint(0, 10, (batch,), generator=gen)
         with torch.no_grad():
             fake = g(torch.randn(batch, cfg.latent_dim), fake_y)

@@ -1,5 +1,5 @@
 """The audio and music families without Ray: the spoken-digit builder (espeak-ng + sox),
-the WaveGAN shapes, the speech route's input rules, ABC round trips through music21."""
+the SpecGAN codec and the WaveGAN shapes, the speech route's input rules, ABC round trips through music21."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import torch
 
 from genai.config import parse_job
 from genai.families.audio import digits
-from genai.families.audio.config import WaveGANConfig
+from genai.families.audio.config import AudioGANConfig
 from genai.families.audio.features import log_mel
 from genai.families.audio.music.encoding import NotEncodable, parse_abc, score_to_abc
 from genai.families.audio.music.quality import judge, steady_meter
 from genai.families.audio.music.serve import first_piece, prompt_of
+from genai.families.audio.nets import ClipCodec, build
 from genai.families.audio.replica import digits_of, voice_seed
+from genai.families.audio.specgan import MelCodec
 from genai.families.audio.task import inception_score
 from genai.families.audio.wavegan import Discriminator, Generator
 from genai.serve.errors import APIError
@@ -82,12 +84,12 @@ def test_spec_errors_name_the_field():
     with pytest.raises(ValueError, match="model.num_classes"):
         parse_job({**base, "model": {"family": "audio", "num_classes": 12}})
     spec = parse_job(base)
-    assert spec.data.kind == "spoken_digits" and spec.audio.loss == "hinge"
+    assert spec.data.kind == "spoken_digits" and spec.audio.loss == "non_saturating"
 
 
 @pytest.mark.parametrize("clip", [1024, 4096, 16384])
 def test_wavegan_shapes(clip):
-    cfg = WaveGANConfig(clip_samples=clip, width=2, sample_rate=16000)
+    cfg = AudioGANConfig(arch="wavegan", clip_samples=clip, width=2, sample_rate=16000)
     g, d = Generator(cfg), Discriminator(cfg)
     z, y = g.latents(3, torch.Generator().manual_seed(0))
     x = g(z, y)
@@ -95,6 +97,34 @@ def test_wavegan_shapes(clip):
     assert d(x, y).shape == (3,)
     mel = log_mel(x[:, 0], cfg.sample_rate)
     assert mel.shape[:3] == (3, 1, 40) and mel.min() >= 0 and mel.max() <= 1
+
+
+def test_specgan_nets_and_codec_round_trip_a_clip():
+    cfg = AudioGANConfig(clip_samples=4096, sample_rate=4000, mels=32, width=4)
+    g, d = build(cfg)
+    z, y = g.latents(3, torch.Generator().manual_seed(0))
+    x = g(z, y)
+    assert x.shape == (3, 1, 32, 32) and x.abs().max() <= 1 and d(x, y).shape == (3,)
+    # a chirp through the codec: the clip Griffin-Lim rebuilds has the same loudest mel
+    # band in every frame, and mels that correlate with the chirp's (noise's do not)
+    t = torch.arange(4096) / 4000
+    chirp = (0.5 * torch.sin(2 * torch.pi * (200 + 300 * t) * t))[None]
+    codec = ClipCodec(cfg)
+    image = codec.encode(chirp)
+    assert image.shape == (1, 1, 32, 32) and image.min() >= -1 and image.max() <= 1
+    clip = codec.decode(image)
+    assert clip.shape == (1, 4096) and clip.abs().max() <= 1
+    again = codec.encode(clip)
+    assert torch.equal(again.argmax(2), image.argmax(2))
+    assert torch.corrcoef(torch.stack([again.flatten(), image.flatten()]))[0, 1] > 0.85
+    noise = codec.encode(0.3 * torch.randn(1, 4096, generator=torch.Generator().manual_seed(0)))
+    assert torch.corrcoef(torch.stack([noise.flatten(), image.flatten()]))[0, 1] < 0.3
+    assert torch.equal(codec.decode(image), clip)  # zero-phase start: deterministic
+    # a silent clip is the image's floor (-80 dB), not a NaN
+    assert torch.equal(MelCodec(cfg).encode(torch.zeros(1, 4096)), -torch.ones(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="lower mels"):
+        AudioGANConfig(clip_samples=256, mels=64)
+    assert ClipCodec(AudioGANConfig(arch="wavegan")).encode(chirp).shape == (1, 1, 4096)
 
 
 def test_inception_score_runs_from_one_to_the_number_of_classes():

@@ -1,4 +1,4 @@
-"""The audio family end to end: a tiny conditional WaveGAN trained by Ray Train on two
+"""The audio family end to end: a tiny conditional SpecGAN trained by Ray Train on two
 DeepSpeed engines (with the pocketsphinx judge in its evaluations) resumes exactly; a tiny
 music LM on ABC text; both behind OpenAI's speech route, fetched with the official client."""
 
@@ -32,6 +32,7 @@ AUDIO = {
         "family": "audio",
         "sample_rate": 4000,
         "clip_samples": 4096,
+        "mels": 32,
         "width": 4,
         "latent_dim": 16,
     },

@@ -1,5 +1,6 @@
-"""The audio family: a conditional WaveGAN on spoken digits made offline with espeak-ng,
-on the GAN family's two DeepSpeed engines, served as WAV through OpenAI's speech route.
+"""The audio family: a conditional SpecGAN (or WaveGAN) on spoken digits made offline with
+espeak-ng, on the GAN family's two DeepSpeed engines, served as WAV through OpenAI's
+speech route.
 
 It is registered as a plugin is, through the ``genai.families`` entry point in
 pyproject.toml: nothing outside this package names it. The same package registers the
@@ -13,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from genai.families.audio.config import WaveGANConfig
+from genai.families.audio.config import AudioGANConfig
 from genai.families.audio.schemas import AudioCard, AudioLog, SpeechRequest, SpeechResponse
 from genai.families.base import Family
 from genai.families.gan import GANSpec
@@ -27,8 +28,9 @@ VARIANTS = ("m1", "m3", "m5", "m7", "f1", "f2", "f4", "klatt")
 DEFAULT_VOICES = [f"{b}+{v}" for b in BASE_VOICES for v in VARIANTS]
 
 
-class AudioModelSpec(WaveGANConfig):
-    """A conditional WaveGAN (genai/families/audio/config.py declares the fields)."""
+class AudioModelSpec(AudioGANConfig):
+    """A conditional SpecGAN or WaveGAN (genai/families/audio/config.py declares the
+    fields)."""
 
     family: Literal["audio"]
 
@@ -79,12 +81,13 @@ class SpokenDigitsSpec(Section):
 
 
 class AudioSpec(GANSpec):
-    """Adversarial training as WaveGAN's: hinge loss, Adam(1e-4, 0.5, 0.9)."""
+    """Adversarial training as DCGAN's, which SpecGAN's nets are: the non-saturating loss,
+    Adam(2e-4, 0.5, 0.999). (WaveGAN's paper: hinge or WGAN-GP, Adam(1e-4, 0.5, 0.9).)"""
 
-    loss: Literal["non_saturating", "hinge"] = "hinge"
-    g_lr: float = Field(1e-4, gt=0.0, le=1.0)
-    d_lr: float = Field(1e-4, gt=0.0, le=1.0)
-    beta2: float = Field(0.9, ge=0.0, lt=1.0)
+    loss: Literal["non_saturating", "hinge"] = "non_saturating"
+    g_lr: float = Field(2e-4, gt=0.0, le=1.0)
+    d_lr: float = Field(2e-4, gt=0.0, le=1.0)
+    beta2: float = Field(0.999, ge=0.0, lt=1.0)
     eval_samples: int = Field(500, ge=10, description="generated clips per quality evaluation")
     judge_samples: int = Field(
         200, ge=10, description="generated clips pocketsphinx transcribes per evaluation"

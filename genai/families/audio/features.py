@@ -17,7 +17,7 @@ def _hz_to_mel(f: torch.Tensor) -> torch.Tensor:
 
 
 @cache
-def _mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+def mel_filters(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
     """Triangular HTK mel filters, (n_mels, n_fft // 2 + 1)."""
     freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)
     top = _hz_to_mel(torch.tensor(sample_rate / 2.0))
@@ -45,6 +45,6 @@ def log_mel(clips: torch.Tensor, sample_rate: int, n_mels: int = N_MELS) -> torc
         window=torch.hann_window(n_fft),
         return_complex=True,
     ).abs()
-    mel = _mel_filters(sample_rate, n_fft, n_mels) @ (spec**2)
+    mel = mel_filters(sample_rate, n_fft, n_mels) @ (spec**2)
     db = 10 * torch.log10(mel.clamp(min=1e-10)) - 10 * math.log10((n_fft / 4) ** 2)
     return ((db + TOP_DB) / TOP_DB).clamp(0, 1)[:, None]

@@ -1,4 +1,4 @@
-"""Serving side of the audio family: a WaveGAN generator in the model replica.
+"""Serving side of the audio family: the GAN's generator in the model replica.
 
 Rebuilt from ``meta.json``'s ``export.model_config`` + ``model.safetensors`` (never a
 pickle). Speech requests are batched with ``@serve.batch``: the digits of every request
@@ -22,8 +22,8 @@ from ray.serve import metrics
 from safetensors.torch import load_file
 
 from genai.checkpoint import WEIGHTS, Meta, open_for_inference
-from genai.families.audio.config import WaveGANConfig
-from genai.families.audio.wavegan import Generator
+from genai.families.audio.config import AudioGANConfig
+from genai.families.audio.nets import ClipCodec, build
 from genai.serve.api import base_card, count
 
 
@@ -57,19 +57,20 @@ def wav(samples: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def load_generator(path: str | Path) -> tuple[Path, Meta, Generator]:
+def load_generator(path: str | Path) -> tuple[Path, Meta, AudioGANConfig, torch.nn.Module]:
     directory, meta = open_for_inference(path, "audio")
-    gen = Generator(WaveGANConfig(**meta.export["model_config"]))
+    cfg = AudioGANConfig(**meta.export["model_config"])
+    gen, _ = build(cfg)
     state = load_file(directory / WEIGHTS)
     gen.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    return directory, meta, gen.eval()
+    return directory, meta, cfg, gen.eval()
 
 
 class AudioServer:
     def __init__(self, directory: Path, meta: Meta, spec: Any) -> None:
         torch.set_num_threads(spec.torch_threads or max(1, math.ceil(spec.num_cpus)))
-        self.path, self.meta, self.gen = load_generator(directory)
-        self.cfg = self.gen.cfg
+        self.path, self.meta, self.cfg, self.gen = load_generator(directory)
+        self.codec = ClipCodec(self.cfg)
         self.class_names: list[str] = list(meta.export.get("class_names") or [])
         self._lock = threading.Lock()
         batcher: Any = self._speak_batch  # @serve.batch's wrapper, sized by the serve spec
@@ -100,8 +101,8 @@ class AudioServer:
             zs.append(z.expand(len(r["labels"]), -1))
             labels.append(torch.tensor(r["labels"]))
         with self._lock, torch.inference_mode():  # every request's clips in one forward
-            clips = self.gen(torch.cat(zs), torch.cat(labels) if self.cfg.conditional else None)
-        clips = clips[:, 0].numpy()
+            out = self.gen(torch.cat(zs), torch.cat(labels) if self.cfg.conditional else None)
+            clips = self.codec.decode(out).numpy()
         out, i = [], 0
         for r in reqs:
             k = len(r["labels"])

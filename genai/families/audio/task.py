@@ -16,10 +16,10 @@ import torch
 
 from genai.config import JobSpec
 from genai.families.audio import AudioSpec
-from genai.families.audio.config import WaveGANConfig
+from genai.families.audio.config import AudioGANConfig
 from genai.families.audio.data import LEVELS
 from genai.families.audio.features import log_mel
-from genai.families.audio.wavegan import Discriminator, Generator
+from genai.families.audio.nets import ClipCodec, build
 from genai.families.gan.task import GANTask
 from genai.families.images.task import ImageTask
 from genai.pictures import save_grid
@@ -32,7 +32,7 @@ PER_CLASS = 50  # generated clips per digit for the conditional accuracy
 class AudioGANTask(GANTask):
     unit, unit_label = "clips", "clips"
     # the GAN's steps read latent_dim, conditional and num_classes, which these share
-    cfg: WaveGANConfig  # type: ignore[assignment]
+    cfg: AudioGANConfig  # type: ignore[assignment]
     adv: AudioSpec
     classifier: Classifier
 
@@ -42,9 +42,10 @@ class AudioGANTask(GANTask):
         ImageTask.__init__(self, spec, data, rank, world_size)
         self.adv = spec.audio
         t = spec.train
-        self.cfg = WaveGANConfig(**spec.model.model_dump(exclude={"family"}))
+        self.cfg = AudioGANConfig(**spec.model.model_dump(exclude={"family"}))
         torch.manual_seed(t.seed)  # same initial weights on every rank
-        gen, disc = Generator(self.cfg), Discriminator(self.cfg)
+        gen, disc = build(self.cfg)
+        self.codec = ClipCodec(self.cfg)
         self.n_params = sum(p.numel() for m in (gen, disc) for p in m.parameters())
         a, ds = self.adv, spec.deepspeed
         betas = (a.beta1, a.beta2)
@@ -67,15 +68,17 @@ class AudioGANTask(GANTask):
 
     def describe(self) -> str:
         kind = "conditional " if self.cfg.conditional else ""
+        arch = {"specgan": "SpecGAN", "wavegan": "WaveGAN"}[self.cfg.arch]
+        shape = f", {self.cfg.mels}x{self.cfg.mels} log-mel" if self.cfg.arch == "specgan" else ""
         return (
-            f"{kind}WaveGAN, {self.n_params / 1e6:.2f}M parameters, {self.cfg.clip_samples} "
+            f"{kind}{arch}{shape}, {self.n_params / 1e6:.2f}M parameters, {self.cfg.clip_samples} "
             f"samples at {self.cfg.sample_rate} Hz, {self.items_per_step} clips/step"
         )
 
-    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        q, y = super()._batch(step)
-        # int16 samples as levels 0..65535, which the GAN's steps map to [-1, 1]; one channel
-        return (q.float() + LEVELS // 2)[:, None], y
+    def real_batch(self, batch_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        q, y = self._batch(batch_index)  # int16 samples
+        real = self.codec.encode(q.float() / (LEVELS // 2))
+        return real.to(self.d.device, dtype=self.dtype), y
 
     @torch.no_grad()
     def samples(self, n: int, seed: int, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -87,7 +90,7 @@ class AudioGANTask(GANTask):
         for i in range(0, n, 128):
             zc = z[i : i + 128].to(self.g.device, dtype=self.dtype)
             lc = None if labels is None else labels[i : i + 128].to(self.g.device)
-            out.append(self.g(zc, lc)[:, 0].float().cpu())
+            out.append(self.codec.decode(self.g(zc, lc).float().cpu()))
         self.g.train(True)
         return torch.cat(out).clamp(-1, 1)
 

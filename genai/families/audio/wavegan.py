@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genai.families.audio.config import WaveGANConfig
+from genai.families.audio.config import AudioGANConfig
 
 
-def _channels(cfg: WaveGANConfig) -> list[int]:
+def _channels(cfg: AudioGANConfig) -> list[int]:
     """Channels at the seed and after each stage: d * 2^(k-1), ..., d, then 1 (WaveGAN's 16d
     ... d for k = 5)."""
     k = cfg.stages
@@ -22,7 +22,7 @@ class Generator(nn.Module):
     """z (+ one-hot class) -> dense -> 16 steps x 16d channels -> k transposed convolutions
     of stride 4 -> tanh waveform (N, 1, clip_samples) in [-1, 1]."""
 
-    def __init__(self, cfg: WaveGANConfig) -> None:
+    def __init__(self, cfg: AudioGANConfig) -> None:
         super().__init__()
         self.cfg = cfg
         ch = _channels(cfg)
@@ -69,7 +69,7 @@ class Discriminator(nn.Module):
     """k strided convolutions (LeakyReLU 0.2, phase shuffle between them) -> a logit;
     conditional by projection (Miyato and Koyama 2018)."""
 
-    def __init__(self, cfg: WaveGANConfig) -> None:
+    def __init__(self, cfg: AudioGANConfig) -> None:
         super().__init__()
         self.cfg = cfg
         ch = _channels(cfg)[::-1]

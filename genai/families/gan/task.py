@@ -84,8 +84,7 @@ class GANTask(ImageTask):
         """One forward of D over [real; fake.detach()] (ZeRO reduces D's gradients once), step D."""
         self.g.train()
         self.d.train()
-        q, y = self._batch(batch_index)
-        real = to_model_range(q, self.levels, "gan").to(self.d.device, dtype=self.dtype)
+        real, y = self.real_batch(batch_index)
         y = None if y is None else y.to(self.d.device)
         n = len(real)
         fake_y = self._labels(n)
@@ -99,6 +98,12 @@ class GANTask(ImageTask):
         self.d.backward(loss)
         self.d.step()
         return float(loss.detach())
+
+    def real_batch(self, batch_index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A micro-batch of real data as D reads it (on D's device, in [-1, 1]), and its
+        labels."""
+        q, y = self._batch(batch_index)
+        return to_model_range(q, self.levels, "gan").to(self.d.device, dtype=self.dtype), y
 
     def g_step(self) -> float:
         """D frozen, so no gradient reaches (or is reduced for) its parameters; step G only."""

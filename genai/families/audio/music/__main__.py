@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     j.add_argument("--pieces", type=int, default=50, help="pieces to generate")
     j.add_argument("--max-tokens", type=int, default=512)
     j.add_argument("--seed", type=int, default=0)
+    j.add_argument(
+        "--temperature", type=float, default=None, help="sampling temperature (the route's)"
+    )
     args = p.parse_args(argv)
     try:
         if args.cmd == "corpus":
@@ -31,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
             export(args.composer, args.out, args.max_pieces, log=print)
         else:
             from genai.families.audio.music.judge import judge_checkpoint
+            from genai.families.audio.music.serve import TEMPERATURE
 
-            out = judge_checkpoint(args.checkpoint, args.pieces, args.max_tokens, args.seed)
+            t = TEMPERATURE if args.temperature is None else args.temperature
+            out = judge_checkpoint(args.checkpoint, args.pieces, args.max_tokens, args.seed, t)
             print(json.dumps(out, indent=1))
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -11,7 +11,7 @@ import torch
 
 from genai.checkpoint import DATASET, read_meta, resolve
 from genai.families.audio.music.quality import judge
-from genai.families.audio.music.serve import HEADER, first_piece
+from genai.families.audio.music.serve import HEADER, TEMPERATURE, first_piece
 
 
 def held_out_pieces(checkpoint: Path) -> list[str]:
@@ -23,7 +23,9 @@ def held_out_pieces(checkpoint: Path) -> list[str]:
 
 
 @torch.no_grad()
-def sample_pieces(checkpoint: Path, n: int, max_tokens: int, seed: int) -> list[str]:
+def sample_pieces(
+    checkpoint: Path, n: int, max_tokens: int, seed: int, temperature: float = TEMPERATURE
+) -> list[str]:
     from genai.families.lm.serving import load_lm
 
     lm = load_lm(checkpoint)
@@ -37,7 +39,7 @@ def sample_pieces(checkpoint: Path, n: int, max_tokens: int, seed: int) -> list[
             ids.repeat(k, 1),
             attention_mask=torch.ones(k, ids.shape[1], dtype=torch.long),
             do_sample=True,
-            temperature=1.0,
+            temperature=temperature,
             top_k=0,
             max_new_tokens=room,
             pad_token_id=lm.tokenizer.eos_token_id,
@@ -49,17 +51,20 @@ def sample_pieces(checkpoint: Path, n: int, max_tokens: int, seed: int) -> list[
     return out
 
 
-def judge_checkpoint(path: str | Path, pieces: int, max_tokens: int, seed: int) -> dict[str, Any]:
+def judge_checkpoint(
+    path: str | Path, pieces: int, max_tokens: int, seed: int, temperature: float = TEMPERATURE
+) -> dict[str, Any]:
     checkpoint = resolve(path)
     meta = read_meta(checkpoint)
     real = judge(held_out_pieces(checkpoint))
-    generated = judge(sample_pieces(checkpoint, pieces, max_tokens, seed))
+    generated = judge(sample_pieces(checkpoint, pieces, max_tokens, seed, temperature))
     return {
         "checkpoint": str(checkpoint),
         "step": meta.step,
         "val_bpb": meta.metrics.get("val_bpb"),
         "xz_bpb": meta.metrics.get("xz_bpb"),
         "bpb_vs_xz": meta.metrics.get("bpb_vs_xz"),
+        "temperature": temperature,
         "generated": generated,
         "held_out_real": real,
     }

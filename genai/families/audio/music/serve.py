@@ -18,6 +18,7 @@ HEADER = "X:1\n"
 DEFAULT_BODY_HEADER = "X:1\nM:4/4\nL:1/8\nK:C\nV:1\n"  # for a prompt of bars without one
 ATTEMPTS = 3  # sampled pieces that do not parse are drawn again, with the next seed
 _ABC = re.compile(r"^[\x20-\x7e\n\t]*$")
+TEMPERATURE = 1.0  # the route's sampling temperature, which the judge uses too
 SECONDS_PER_QUARTER = 0.5  # music21's default tempo, 120 quarters per minute
 
 
@@ -74,7 +75,7 @@ async def compose(
         raise APIError(400, f"input leaves the model no room to write ({used} tokens)", "input")
     last = ""
     for attempt in range(ATTEMPTS):
-        req = {"max_tokens": room, "temperature": 1.0, "top_p": 1.0, "seed": seed + attempt}
+        req = {"max_tokens": room, "temperature": TEMPERATURE, "top_p": 1.0, "seed": seed + attempt}
         try:
             gen = server.open(req, prompt, stream=False)
         except PromptTooLong as exc:
