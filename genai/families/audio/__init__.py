@@ -101,7 +101,7 @@ class AudioServeSpec(Section):
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
     max_words: int = Field(16, ge=1, le=256, description="digits one request may speak")
     music_max_tokens: int = Field(
-        384, ge=16, le=100_000, description="tokens a music model writes per request"
+        768, ge=16, le=100_000, description="tokens a music model writes per request"
     )
 
 

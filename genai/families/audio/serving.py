@@ -57,7 +57,9 @@ def wav(samples: np.ndarray, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-def load_generator(path: str | Path) -> tuple[Path, Meta, AudioGANConfig, torch.nn.Module]:
+def load_generator(path: str | Path) -> tuple[Path, Meta, AudioGANConfig, Any]:
+    """The checkpoint's directory, meta, model config and generator (an ``nn.Module`` with
+    ``latents(n, generator, labels)``, in eval mode)."""
     directory, meta = open_for_inference(path, "audio")
     cfg = AudioGANConfig(**meta.export["model_config"])
     gen, _ = build(cfg)

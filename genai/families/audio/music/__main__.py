@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     j = sub.add_parser("judge", help="music21's verdict on a music model's pieces")
     j.add_argument("checkpoint")
     j.add_argument("--pieces", type=int, default=50, help="pieces to generate")
-    j.add_argument("--max-tokens", type=int, default=512)
+    j.add_argument("--max-tokens", type=int, default=768)
     j.add_argument("--seed", type=int, default=0)
     j.add_argument(
         "--temperature", type=float, default=None, help="sampling temperature (the route's)"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from genai.families.audio.music.encoding import NotEncodable, score_to_abc
+from genai.families.audio.music.encoding import VERSION, NotEncodable, score_to_abc
 
 
 def pieces(composer: str) -> list[Path]:
@@ -46,12 +46,15 @@ def export(
     manifest = out / "manifest.json"
     if manifest.is_file():
         done = json.loads(manifest.read_text())
-        if done.get("composer") == composer and done.get("max_pieces") == max_pieces:
+        same = (done.get("composer"), done.get("max_pieces"), done.get("encoding"))
+        if same == (composer, max_pieces, VERSION):
             log(f"music corpus: {len(done['written'])} pieces already in {out}")
             return out
     paths = pieces(composer)[:max_pieces]
     log(f"music corpus: encoding {len(paths)} {composer} pieces from music21's corpus as ABC")
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.abc"):  # an earlier encoding's pieces
+        old.unlink()
     written, skipped = [], {}
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         for stem, text, why in pool.map(_encode, paths, chunksize=8):
@@ -65,6 +68,7 @@ def export(
             {
                 "composer": composer,
                 "max_pieces": max_pieces,
+                "encoding": VERSION,
                 "written": written,
                 "skipped": skipped,
             },

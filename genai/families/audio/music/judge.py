@@ -3,6 +3,7 @@ held-out real pieces of its dataset, side by side by music21 (:mod:`.quality`)."
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,17 @@ def held_out_pieces(checkpoint: Path) -> list[str]:
 
 @torch.no_grad()
 def sample_pieces(
-    checkpoint: Path, n: int, max_tokens: int, seed: int, temperature: float = TEMPERATURE
+    checkpoint: Path,
+    n: int,
+    max_tokens: int,
+    seed: int,
+    temperature: float = TEMPERATURE,
+    prompt: str = HEADER,
 ) -> list[str]:
     from genai.families.lm.serving import load_lm
 
     lm = load_lm(checkpoint)
-    ids = lm.tokenizer(HEADER, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    ids = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     room = min(max_tokens, lm.context - ids.shape[1])
     torch.manual_seed(seed)
     out = []
@@ -51,13 +57,34 @@ def sample_pieces(
     return out
 
 
+def header_of(piece: str) -> str:
+    """A piece's opening up to its first part's notes: ``X:``, ``M:``, ``L:``, ``K:``,
+    ``V:1``."""
+    at = piece.find("V:1\n")
+    return piece[: at + 4] if at >= 0 else HEADER
+
+
+def from_headers(
+    checkpoint: Path, pieces: list[str], n: int, max_tokens: int, seed: int, temperature: float
+) -> list[str]:
+    """n pieces, each continued from a held-out piece's header (in turn): the model asked
+    for a given meter and key, as a user of the route may ask."""
+    wanted = Counter(header_of(pieces[i % len(pieces)]) for i in range(n))
+    out = []
+    for k, (header, count) in enumerate(sorted(wanted.items())):
+        out += sample_pieces(checkpoint, count, max_tokens, seed + k, temperature, header)
+    return out
+
+
 def judge_checkpoint(
     path: str | Path, pieces: int, max_tokens: int, seed: int, temperature: float = TEMPERATURE
 ) -> dict[str, Any]:
     checkpoint = resolve(path)
     meta = read_meta(checkpoint)
-    real = judge(held_out_pieces(checkpoint))
+    held = held_out_pieces(checkpoint)
+    real = judge(held)
     generated = judge(sample_pieces(checkpoint, pieces, max_tokens, seed, temperature))
+    given = judge(from_headers(checkpoint, held, pieces, max_tokens, seed, temperature))
     return {
         "checkpoint": str(checkpoint),
         "step": meta.step,
@@ -66,5 +93,6 @@ def judge_checkpoint(
         "bpb_vs_xz": meta.metrics.get("bpb_vs_xz"),
         "temperature": temperature,
         "generated": generated,
+        "generated_from_held_out_headers": given,
         "held_out_real": real,
     }

@@ -26,7 +26,7 @@ def midi_bytes(score: Any, seconds_per_quarter: float = 0.5) -> bytes:
     parts = list(getattr(score, "parts", [])) or [score]
     for part in parts:
         track = pretty_midi.Instrument(program=0)
-        for n in part.flatten().notes:
+        for n in part.stripTies().flatten().notes:
             length = float(n.quarterLength)
             if length <= 0:  # grace notes
                 continue
