@@ -71,3 +71,41 @@ def test_clips_are_cached_by_their_parameters(tmp_path, source):
     assert other != path and len(list(tmp_path.glob("*.npz"))) == 2
     with pytest.raises(ValueError, match="digit_size"):
         build(ClipParams(n=1, canvas=16, digit_size=16), images, labels, train)
+
+
+def test_the_video_vae_gives_per_clip_bounds_and_decodes_a_condition():
+    import torch
+
+    from genai.families.video.config import VideoVAEConfig
+    from genai.families.video.vae3d import VideoVAE
+
+    torch.manual_seed(0)
+    vae = VideoVAE(VideoVAEConfig(width=4, latent_dim=8))
+    x = torch.rand(3, 1, 16, 32, 32)
+    labels = torch.tensor([[3, 7], [1, -1], [2, 2]])
+    assert vae.condition(labels)[2, 2] == 2 and vae.condition(labels)[1].sum() == 1
+    out = vae(x, labels)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {k: (3,) for k in out}
+    assert torch.allclose(out["neg_elbo"], out["recon"] + out["kl"]) and (out["kl"] >= 0).all()
+    out["neg_elbo"].mean().backward()
+    assert all(p.grad is not None for p in vae.parameters())
+    bound = vae.iw_bound(x, labels, k=4)
+    assert bound.shape == (3,) and torch.isfinite(bound).all()
+    clips = vae.clips(torch.randn(2, 8), labels[:2])
+    assert clips.shape == (2, 16, 32, 32) and clips.min() >= 0 and clips.max() <= 1
+
+
+def test_motion_residual_is_small_for_bouncing_digits_and_large_for_jumbled_frames(source):
+    from genai.families.video.motion import centroids, identity_consistency, motion_residual
+
+    images, labels, train, _ = source
+    clips = build(ClipParams(n=40, max_digits=1, frames=16), images, labels, train)
+    # the centre of mass sits at the digit's (drawn, whole-pixel) corner plus its own centre
+    c = centroids(clips.frames)
+    shift = c - np.round(clips.positions[:, :, 0])
+    assert np.allclose(shift, shift[:, :1], atol=1e-6)
+    real = motion_residual(clips.frames)
+    jumbled = motion_residual(clips.frames[:, np.random.default_rng(0).permutation(16)])
+    assert np.median(real) < 0.5 and np.median(jumbled) > 4 * np.median(real)
+    per_frame = np.array([[3, 3, 3], [3, 5, 3], [1, 1, 1], [0, 0, 2]])
+    assert identity_consistency(per_frame) == 0.5

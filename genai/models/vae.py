@@ -11,6 +11,7 @@ All bounds are per image, in nats.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,25 @@ from torch import nn
 from genai.models.image_configs import VAEConfig
 
 _LOG_2PI = math.log(2 * math.pi)
+
+
+def importance_weighted(
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    log_px: Callable[[torch.Tensor], torch.Tensor],
+    k: int,
+) -> torch.Tensor:
+    """-log p(x) <= this (Burda et al.), per item, from a diagonal Gaussian posterior
+    (``mu``, ``logvar``), a standard normal prior and ``log_px(z)`` = log p(x | z)."""
+    std = torch.exp(0.5 * logvar)
+    logws = []
+    for _ in range(k):
+        eps = torch.randn_like(mu)
+        z = mu + eps * std
+        log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * _LOG_2PI).sum(1)
+        log_prior = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(1)
+        logws.append(log_px(z) + log_prior - log_q)
+    return -(torch.logsumexp(torch.stack(logws), 0) - math.log(k))
 
 
 class VAE(nn.Module):
@@ -76,15 +96,7 @@ class VAE(nn.Module):
     def iw_bound(self, x: torch.Tensor, k: int = 64) -> torch.Tensor:
         """Importance-weighted bound (Burda et al.): -log p(x) <= this, per image, tighter than the ELBO."""
         mu, logvar = self.encode(x)
-        std = torch.exp(0.5 * logvar)
-        logws = []
-        for _ in range(k):
-            eps = torch.randn_like(mu)
-            z = mu + eps * std
-            log_q = (-0.5 * eps.pow(2) - 0.5 * logvar - 0.5 * _LOG_2PI).sum(1)
-            log_prior = (-0.5 * z.pow(2) - 0.5 * _LOG_2PI).sum(1)
-            logws.append(self.log_px(x, self.decode(z)) + log_prior - log_q)
-        return -(torch.logsumexp(torch.stack(logws), 0) - math.log(k))
+        return importance_weighted(mu, logvar, lambda z: self.log_px(x, self.decode(z)), k)
 
     def latents(
         self, n: int, generator: torch.Generator | None = None, labels: torch.Tensor | None = None
