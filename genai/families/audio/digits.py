@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from genai.data.arrays import save_whole
+
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PACKAGES = {"espeak-ng": "espeak-ng", "sox": "sox"}  # the programs and their Debian packages
 PEAK = 0.5  # every clip is scaled to this peak: voices differ ~4x in loudness
@@ -174,10 +176,7 @@ def build(
         clips = np.clip(np.round(clips + noise), -32768, 32767).astype(np.int16)
     labels = np.array([j[0] for j in jobs], dtype=np.int64)
     voice_ids = np.array([j[1] for j in jobs], dtype=np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, clips=clips, labels=labels, voices=voice_ids)
-    tmp.replace(path)  # whole or absent: a killed build leaves no half cache
+    save_whole(path, clips=clips, labels=labels, voices=voice_ids)
     (path.with_suffix(".json")).write_text(json.dumps(params, indent=1))
     log(f"spoken digits: cached {len(clips)} clips in {path}")
     return DigitsCorpus(clips, labels, voice_ids, tuple(voices), sample_rate), path

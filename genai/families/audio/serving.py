@@ -103,8 +103,8 @@ class AudioServer:
             zs.append(z.expand(len(r["labels"]), -1))
             labels.append(torch.tensor(r["labels"]))
         with self._lock, torch.inference_mode():  # every request's clips in one forward
-            out = self.gen(torch.cat(zs), torch.cat(labels) if self.cfg.conditional else None)
-            clips = self.codec.decode(out).numpy()
+            raw = self.gen(torch.cat(zs), torch.cat(labels) if self.cfg.conditional else None)
+            clips = self.codec.decode(raw).numpy()
         out, i = [], 0
         for r in reqs:
             k = len(r["labels"])

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from genai.data.arrays import save_whole
 
 SOURCE_LEVELS = 16  # scikit-learn's digits are 0..16
 
@@ -58,15 +58,7 @@ class Clips:
         return len(self.frames)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".npz", dir=path.parent)
-        os.close(fd)
-        try:
-            np.savez_compressed(tmp, **asdict(self))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        save_whole(path, compress=True, **asdict(self))
 
     @classmethod
     def load(cls, path: Path) -> Clips:

@@ -25,23 +25,22 @@ def held_out_pieces(checkpoint: Path) -> list[str]:
 
 @torch.no_grad()
 def sample_pieces(
-    checkpoint: Path,
+    lm: Any,
     n: int,
     max_tokens: int,
     seed: int,
     temperature: float = TEMPERATURE,
     prompt: str = HEADER,
 ) -> list[str]:
-    from genai.families.lm.serving import load_lm
-
-    lm = load_lm(checkpoint)
+    """n pieces that ``lm`` (:func:`genai.families.lm.serving.load_lm`) writes after
+    ``prompt``."""
     ids = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
     room = min(max_tokens, lm.context - ids.shape[1])
     torch.manual_seed(seed)
     out = []
     for start in range(0, n, 16):
         k = min(16, n - start)
-        gen = lm.model.generate(  # type: ignore[operator]
+        gen = lm.model.generate(
             ids.repeat(k, 1),
             attention_mask=torch.ones(k, ids.shape[1], dtype=torch.long),
             do_sample=True,
@@ -65,26 +64,29 @@ def header_of(piece: str) -> str:
 
 
 def from_headers(
-    checkpoint: Path, pieces: list[str], n: int, max_tokens: int, seed: int, temperature: float
+    lm: Any, pieces: list[str], n: int, max_tokens: int, seed: int, temperature: float
 ) -> list[str]:
     """n pieces, each continued from a held-out piece's header (in turn): the model asked
     for a given meter and key, as a user of the route may ask."""
     wanted = Counter(header_of(pieces[i % len(pieces)]) for i in range(n))
     out = []
     for k, (header, count) in enumerate(sorted(wanted.items())):
-        out += sample_pieces(checkpoint, count, max_tokens, seed + k, temperature, header)
+        out += sample_pieces(lm, count, max_tokens, seed + k, temperature, header)
     return out
 
 
 def judge_checkpoint(
     path: str | Path, pieces: int, max_tokens: int, seed: int, temperature: float = TEMPERATURE
 ) -> dict[str, Any]:
+    from genai.families.lm.serving import load_lm
+
     checkpoint = resolve(path)
     meta = read_meta(checkpoint)
+    lm = load_lm(checkpoint)
     held = held_out_pieces(checkpoint)
     real = judge(held)
-    generated = judge(sample_pieces(checkpoint, pieces, max_tokens, seed, temperature))
-    given = judge(from_headers(checkpoint, held, pieces, max_tokens, seed, temperature))
+    generated = judge(sample_pieces(lm, pieces, max_tokens, seed, temperature))
+    given = judge(from_headers(lm, held, pieces, max_tokens, seed, temperature))
     return {
         "checkpoint": str(checkpoint),
         "step": meta.step,
